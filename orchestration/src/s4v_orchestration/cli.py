@@ -1,0 +1,75 @@
+"""The ``s4v`` command line: a thin layer that parses, validates and calls library code."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import typer
+from rich.console import Console
+
+from s4v_orchestration import __version__
+from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
+
+app = typer.Typer(
+    name="s4v",
+    help=(
+        "Side4Video: adapt a frozen CLIP ViT to video with a light spatial-temporal side network.\n\n"
+        "Train and evaluate action recognition and text-video retrieval, prepare data, sweep "
+        "hyperparameters with Ray Tune and compare runs in MLflow."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """Side4Video experiments: recognition, retrieval, data preparation, sweeps and run tracking."""
+
+
+def _pkg_version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@app.command()
+def doctor() -> None:
+    """Print versions, the compute device and the default folders and tracking store."""
+    import torch
+
+    rows: list[tuple[str, str]] = []
+    rows.append(("python", f"{platform.python_version()} ({platform.python_implementation()})"))
+    for label, dist in [
+        ("torch", "torch"),
+        ("torchvision", "torchvision"),
+        ("open_clip", "open_clip_torch"),
+        ("decord", "decord"),
+        ("ray", "ray"),
+        ("mlflow", "mlflow"),
+    ]:
+        rows.append((label, _pkg_version(dist)))
+    if torch.cuda.is_available():
+        names = ", ".join(
+            f"{i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())
+        )
+        rows.append(("cuda", f"available (CUDA {torch.version.cuda}); {names}"))
+    else:
+        rows.append(("cuda", "not available; training runs on the CPU"))
+    rows.append(("torch threads", str(torch.get_num_threads())))
+    rows.append(("tracking uri", default_tracking_uri()))
+    rows.append(("data root", str(default_data_root())))
+    rows.append(("cache dir", str(default_cache_dir())))
+    console.print(f"[bold]s4v {__version__}[/bold]")
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        # soft_wrap keeps long paths on one line so they can be copied.
+        console.print(f"  [bold]{label:<{width}}[/bold]  {value}", soft_wrap=True, highlight=False)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""s4v_recognition."""

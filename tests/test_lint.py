@@ -1,0 +1,19 @@
+"""The tree is clean under the ruff lint and format rules configured in pyproject.toml."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_is_clean(args: list[str]) -> None:
+    ruff = shutil.which("ruff")
+    assert ruff is not None, "ruff is a dev dependency; run `uv sync`"
+    proc = subprocess.run([ruff, *args, "."], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
