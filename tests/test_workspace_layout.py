@@ -92,4 +92,3 @@ def test_every_member_is_in_the_workspace() -> None:
     assert deps == {_normalise(m) for m in MEMBERS}
     for module, member_dir in MEMBERS.items():
         assert (member_dir / "src" / module / "__init__.py").is_file()
-        assert (ROOT / "tests" / module.removeprefix("s4v_")).is_dir()
