@@ -9,6 +9,9 @@ import typer
 from rich.console import Console
 
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import runs as runs_command
+from s4v_orchestration.commands import sweep as sweep_command
+from s4v_orchestration.commands import ui as ui_command
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
 app = typer.Typer(
@@ -23,6 +26,10 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
+
+app.command(name="sweep")(sweep_command.sweep)
+app.command(name="runs")(runs_command.runs)
+app.command(name="ui")(ui_command.ui)
 
 
 @app.callback()
