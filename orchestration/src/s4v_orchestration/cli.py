@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import convert as convert_command
+from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.commands import runs as runs_command
 from s4v_orchestration.commands import sweep as sweep_command
 from s4v_orchestration.commands import ui as ui_command
@@ -27,9 +29,11 @@ app = typer.Typer(
 )
 console = Console()
 
-app.command(name="sweep")(sweep_command.sweep)
-app.command(name="runs")(runs_command.runs)
-app.command(name="ui")(ui_command.ui)
+app.command("models")(models_command.models)
+app.add_typer(convert_command.app, name="convert")
+app.command("sweep")(sweep_command.sweep)
+app.command("runs")(runs_command.runs)
+app.command("ui")(ui_command.ui)
 
 
 @app.callback()

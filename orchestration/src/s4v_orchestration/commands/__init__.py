@@ -1,1 +1,1 @@
-"""One module per command group of the ``s4v`` CLI, each registered in ``cli.py`` with one line."""
+"""One module per command group; each is registered in ``cli.py`` with one line."""
