@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import convert as convert_command
+from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.commands.bench import bench_app
 from s4v_orchestration.commands.data import data_app
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
@@ -25,6 +27,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
+
+app.command("models")(models_command.models)
+app.add_typer(convert_command.app, name="convert")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 

@@ -1,1 +1,1 @@
-"""Command groups of the ``s4v`` CLI, one module per group, each registered in ``cli.py``."""
+"""One module per command group; each is registered in ``cli.py`` with one line."""
