@@ -14,6 +14,8 @@ from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.commands import runs as runs_command
 from s4v_orchestration.commands import sweep as sweep_command
 from s4v_orchestration.commands import ui as ui_command
+from s4v_orchestration.commands.bench import bench_app
+from s4v_orchestration.commands.data import data_app
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
 app = typer.Typer(
@@ -31,6 +33,8 @@ console = Console()
 
 app.command("models")(models_command.models)
 app.add_typer(convert_command.app, name="convert")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 app.command("sweep")(sweep_command.sweep)
 app.command("runs")(runs_command.runs)
 app.command("ui")(ui_command.ui)
