@@ -29,14 +29,19 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from s4v_orchestration.config import RunConfig, load_run_config
+from s4v_orchestration.paths import default_tracking_uri
 from s4v_orchestration.sweep.space import EPOCH_KEY, make_tune_config, param_space
 from s4v_orchestration.sweep.spec import SweepFileError, SweepSpec, candidate_values
 from s4v_orchestration.sweep.tracking import (
+    TAG_FILE_SHA256,
+    TAG_STATE,
+    TAG_SWEEP,
     TAG_TRIAL_STATE,
     SweepRecord,
     TrialOutcome,
     TrialState,
     experiment_id_for,
+    find_parent_by_storage,
     finish_parent_run,
     is_server_uri,
     normalise_tracking_uri,
@@ -187,8 +192,6 @@ def connect_ray(address: str | None, *, num_cpus: int | None, num_gpus: int | No
     if address is None:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
         return True
-    if num_cpus is not None or num_gpus is not None:
-        raise SweepError("--num-cpus/--num-gpus size a local Ray; a cluster has its own resources")
     ray.init(address=address)
     return False
 
@@ -276,6 +279,108 @@ def _best_outcome(grid: tune.ResultGrid, metric: str, mode: str) -> TrialOutcome
     )
 
 
+def _resume_record(
+    experiment_path: str,
+    record_path: Path | None,
+    tracking_uri: str | None,
+    digest: str,
+    source: str,
+) -> SweepRecord:
+    """The MLflow runs of the sweep being resumed, checked against the sweep file."""
+    if not tune.Tuner.can_restore(experiment_path):
+        raise SweepError(f"nothing to resume at {experiment_path}: run without --resume first")
+    if record_path is not None and record_path.is_file():
+        record = SweepRecord.load(record_path)
+        if tracking_uri is not None and normalise_tracking_uri(tracking_uri) != record.tracking_uri:
+            raise SweepError(f"the sweep was tracked in {record.tracking_uri}; resume it there")
+    else:
+        # Cloud storage holds only Ray's state: find the parent run by the folder it names.
+        uri = normalise_tracking_uri(tracking_uri or default_tracking_uri())
+        parent = find_parent_by_storage(MlflowClient(uri), experiment_path)
+        if parent is None:
+            raise SweepError(
+                f"no MLflow parent run for {experiment_path} in {uri}: pass the --tracking-uri "
+                "the sweep was started with"
+            )
+        record = SweepRecord(
+            name=parent.data.tags[TAG_SWEEP],
+            tracking_uri=uri,
+            experiment_id=parent.info.experiment_id,
+            parent_run_id=parent.info.run_id,
+            sweep_sha256=parent.data.tags.get(TAG_FILE_SHA256, ""),
+        )
+    if record.sweep_sha256 != digest:
+        raise SweepError(
+            f"{source} changed since the sweep started; resume with the original file or "
+            "start a new sweep with another name"
+        )
+    return record
+
+
+def _new_record(
+    spec: SweepSpec,
+    base: RunConfig,
+    *,
+    experiment_path: str,
+    tracking_uri: str | None,
+    sweep_text: str,
+    digest: str,
+) -> SweepRecord:
+    """Create the MLflow store, experiment and parent run of a new sweep."""
+    uri = normalise_tracking_uri(tracking_uri or base.tracking.uri)
+    client = MlflowClient(uri)
+    experiment_id = experiment_id_for(client, spec.experiment or base.tracking.experiment)
+    parent_run_id = start_parent_run(
+        client,
+        experiment_id=experiment_id,
+        spec=spec,
+        sweep_text=sweep_text,
+        storage=experiment_path,
+        sweep_sha256=digest,
+    )
+    return SweepRecord(
+        name=spec.name,
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        sweep_sha256=digest,
+    )
+
+
+def _new_tuner(
+    spec: SweepSpec,
+    base: RunConfig,
+    trainable: Any,
+    record: SweepRecord,
+    storage: str,
+    verbose: int,
+) -> tune.Tuner:
+    metric, mode = spec.objective
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=make_tune_config(spec, max_epochs=max_epochs(spec, base)),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,  # the two best epochs; Ray always keeps the latest as well
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode,
+            ),
+            callbacks=[
+                TrialRecorder(
+                    tracking_uri=record.tracking_uri,
+                    experiment_id=record.experiment_id,
+                    parent_run_id=record.parent_run_id,
+                )
+            ],
+            verbose=verbose,
+        ),
+    )
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -304,62 +409,49 @@ def run_sweep(
         verbose: Ray's progress output, 0 (silent), 1 (status table) or 2 (every result).
         source: how error messages name the sweep file.
         announce: prints progress notes (data preparation).
+
+    Raises:
+        SweepError, SweepFileError, ConfigError: before any trial runs, for what the user can fix.
     """
     if spec.name is None:
         raise ValueError("the sweep needs a name; load_sweep_file() takes it from the file name")
+    if address is not None and (num_cpus is not None or num_gpus is not None):
+        raise SweepError("--num-cpus/--num-gpus size a local Ray; a cluster has its own resources")
     base = resolve_base_config(spec, source)
     metric, mode = spec.objective
-    local_storage = "://" not in storage
     experiment_path = f"{storage.rstrip('/')}/{spec.name}"
+    local_storage = "://" not in storage
     record_path = Path(experiment_path) / RECORD_FILE if local_storage else None
     digest = sweep_sha256(sweep_text)
 
     if resume:
-        if not tune.Tuner.can_restore(experiment_path):
-            raise SweepError(f"nothing to resume at {experiment_path}: run without --resume first")
-        if record_path is None or not record_path.is_file():
-            raise SweepError(f"{experiment_path} has no {RECORD_FILE}: not an s4v sweep")
-        record = SweepRecord.load(record_path)
-        if record.sweep_sha256 != digest:
-            raise SweepError(
-                f"{source} changed since the sweep started; resume with the original file or "
-                "start a new sweep with another name"
-            )
-        if tracking_uri is not None and normalise_tracking_uri(tracking_uri) != record.tracking_uri:
-            raise SweepError(f"the sweep was tracked in {record.tracking_uri}; resume it there")
-        client = MlflowClient(record.tracking_uri)
-        reopen_parent_run(client, record.parent_run_id)
-    else:
-        if local_storage and Path(experiment_path).exists():
-            raise SweepError(
-                f"{experiment_path} already exists: pass --resume to continue that sweep, or give "
-                "this one another name (name: in the sweep file)"
-            )
-        uri = normalise_tracking_uri(tracking_uri or base.tracking.uri)
-        client = MlflowClient(uri)
-        experiment_id = experiment_id_for(client, spec.experiment or base.tracking.experiment)
-        parent_run_id = start_parent_run(
-            client,
-            experiment_id=experiment_id,
-            spec=spec,
-            sweep_text=sweep_text,
-            storage=experiment_path,
+        record = _resume_record(experiment_path, record_path, tracking_uri, digest, source)
+    elif local_storage and Path(experiment_path).exists():
+        raise SweepError(
+            f"{experiment_path} already exists: pass --resume to continue that sweep, or give "
+            "this one another name (name: in the sweep file)"
         )
-        record = SweepRecord(
-            name=spec.name,
-            tracking_uri=uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent_run_id,
-            sweep_sha256=digest,
+    # Prepared once here: concurrent trials would otherwise generate the synthetic set at once.
+    get_task(base.task).prepare_data(base, announce=announce)
+    if not resume:
+        record = _new_record(
+            spec,
+            base,
+            experiment_path=experiment_path,
+            tracking_uri=tracking_uri,
+            sweep_text=sweep_text,
+            digest=digest,
         )
         if record_path is not None:
             record_path.parent.mkdir(parents=True, exist_ok=True)
             record.save(record_path)
+    client = MlflowClient(record.tracking_uri)
+    if resume:
+        reopen_parent_run(client, record.parent_run_id)
 
-    # Prepared once here: concurrent trials would otherwise generate the synthetic set together.
-    get_task(base.task).prepare_data(base, announce=announce)
-    owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    owns_ray = False
     try:
+        owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
         check_trials_can_log(record.tracking_uri, address)
         context = TrialContext(
             base_config=base.model_dump(mode="json"),
@@ -377,30 +469,14 @@ def run_sweep(
             # and failed ones are retried from theirs.
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
         else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(spec),
-                tune_config=make_tune_config(spec, max_epochs=max_epochs(spec, base)),
-                run_config=tune.RunConfig(
-                    name=spec.name,
-                    storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=2,  # the two best epochs; Ray always keeps the latest as well
-                        checkpoint_score_attribute=metric,
-                        checkpoint_score_order=mode,
-                    ),
-                    callbacks=[
-                        TrialRecorder(
-                            tracking_uri=record.tracking_uri,
-                            experiment_id=record.experiment_id,
-                            parent_run_id=record.parent_run_id,
-                        )
-                    ],
-                    verbose=verbose,
-                ),
-            )
+            tuner = _new_tuner(spec, base, trainable, record, storage, verbose)
         grid = tuner.fit()
+    except BaseException as exc:
+        # No parent run is left RUNNING: a second Ctrl-C leaves it resumable, an error failed.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        client.set_tag(record.parent_run_id, TAG_STATE, "interrupted" if interrupted else "failed")
+        client.set_terminated(record.parent_run_id, "KILLED" if interrupted else "FAILED")
+        raise
     finally:
         if owns_ray:
             ray.shutdown()

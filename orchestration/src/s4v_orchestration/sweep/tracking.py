@@ -21,7 +21,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from s4v_orchestration.sweep.spec import Distribution, SweepSpec
@@ -37,6 +37,7 @@ TAG_METRIC = "s4v.sweep.metric"
 TAG_MODE = "s4v.sweep.mode"
 TAG_SEARCHED = "s4v.sweep.searched_paths"
 TAG_STORAGE = "s4v.sweep.storage"
+TAG_FILE_SHA256 = "s4v.sweep.file_sha256"
 TAG_STATE = "s4v.sweep.state"
 TAG_BEST_TRIAL = "s4v.sweep.best_trial"
 TAG_BEST_RUN = "s4v.sweep.best_run_id"
@@ -125,6 +126,7 @@ def start_parent_run(
     spec: SweepSpec,
     sweep_text: str,
     storage: str,
+    sweep_sha256: str = "",
 ) -> str:
     """Create the sweep's parent run with the sweep file and its search space; returns its id."""
     metric, mode = spec.objective
@@ -136,6 +138,7 @@ def start_parent_run(
         TAG_MODE: mode,
         TAG_SEARCHED: ",".join(spec.search_space),
         TAG_STORAGE: storage,
+        TAG_FILE_SHA256: sweep_sha256,
         TAG_STATE: "running",
     }
     run = client.create_run(experiment_id, run_name=spec.name, tags=tags)
@@ -162,6 +165,17 @@ def start_parent_run(
         "search_space.json",
     )
     return run_id
+
+
+def find_parent_by_storage(client: MlflowClient, storage: str) -> Run | None:
+    """The newest sweep parent run whose Ray experiment folder is ``storage``."""
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_STORAGE}` = '{storage}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
 
 
 def reopen_parent_run(client: MlflowClient, run_id: str) -> None:
