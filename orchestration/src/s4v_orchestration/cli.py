@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import bench_sweep as bench_sweep_command
 from s4v_orchestration.commands import convert as convert_command
 from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.commands import runs as runs_command
@@ -35,6 +36,7 @@ app.command("models")(models_command.models)
 app.add_typer(convert_command.app, name="convert")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+bench_app.command("sweep")(bench_sweep_command.sweep)
 app.command("sweep")(sweep_command.sweep)
 app.command("runs")(runs_command.runs)
 app.command("ui")(ui_command.ui)

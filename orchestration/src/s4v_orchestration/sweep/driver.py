@@ -83,15 +83,15 @@ def resolve_base_config(spec: SweepSpec, source: str = "sweep file") -> RunConfi
     try:
         base = apply_values(base, spec.set)
     except TrialConfigError as exc:
-        raise SweepFileError(f"{source}: set: {exc}") from exc
+        raise SweepFileError(f"{source}: set: {exc}") from None
     for path, dist in spec.search_space.items():
         for value in candidate_values(dist):
             try:
                 apply_values(base, {path: value})
             except TrialConfigError as exc:
                 raise SweepFileError(
-                    f"{source}: search_space[{path!r}]: {value!r} is not usable:\n{exc}"
-                ) from exc
+                    f"{source}: search_space[{path!r}]: {value!r} is not usable: {exc}"
+                ) from None
     return base.with_defaults()
 
 

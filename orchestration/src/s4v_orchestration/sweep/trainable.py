@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from ray import tune
 
 from s4v_orchestration.config import RunConfig
@@ -54,8 +55,13 @@ def apply_values(base: RunConfig, values: dict[str, Any]) -> RunConfig:
         set_path(tree, path, value)
     try:
         return RunConfig.model_validate(tree)
-    except ValueError as exc:
-        raise TrialConfigError(f"the values {values} give an invalid run config:\n{exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: "
+            + ("unknown field" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        )
+        raise TrialConfigError(f"{problems} (setting {values})") from None
 
 
 def trial_run_name(trial_id: str) -> str:
