@@ -50,7 +50,7 @@ def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
 
 def test_retrieval_sweeps_default_to_text_to_video_r1() -> None:
     spec = parse_sweep(MINIMAL.replace("recognition", "retrieval").replace("synthetic", "msrvtt"))
-    assert spec.objective == ("val/t2v_r1", "max")
+    assert spec.objective == ("val/t2v/R1", "max")
 
 
 @pytest.mark.parametrize(

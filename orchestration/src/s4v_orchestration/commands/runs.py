@@ -34,7 +34,7 @@ def runs(
     metric: Annotated[
         str | None,
         typer.Option(
-            help="Metric to sort by (default: the sweep's metric, else val/top1 or val/t2v_r1)."
+            help="Metric to sort by (default: the sweep's metric, else val/top1 or val/t2v/R1)."
         ),
     ] = None,
     mode: Annotated[

@@ -33,7 +33,7 @@ TASKS = ("recognition", "retrieval")
 # and the paper tables use (top-1 accuracy for recognition, text-to-video R@1 for retrieval).
 DEFAULT_METRICS: dict[str, tuple[str, Literal["max", "min"]]] = {
     "recognition": ("val/top1", "max"),
-    "retrieval": ("val/t2v_r1", "max"),
+    "retrieval": ("val/t2v/R1", "max"),
 }
 
 
