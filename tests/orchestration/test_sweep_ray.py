@@ -235,13 +235,19 @@ def test_resume_after_ctrl_c_keeps_finished_trials(tmp_path: Path, synthetic_roo
 # --- a cluster started with `ray start --head` on loopback ------------------------------------
 
 
+@dataclass(frozen=True)
+class Cluster:
+    address: str  # HOST:PORT of the head's GCS
+    client_address: str  # ray://HOST:PORT of its Ray Client server
+    env: dict[str, str]  # environment of a process that may join (the auth token)
+
+
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+def ray_cluster(tmp_path_factory) -> Iterator[Cluster]:
     """A one-node Ray cluster on 127.0.0.1 with token authentication, as `ray start --head`
-    makes it; yields (address, environment for clients). Stopped (with every process it
-    started) when the module's tests are done."""
+    makes it. Stopped, with every process it started, when the module's tests are done."""
     temp_dir = tmp_path_factory.mktemp("ray")
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     ray = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
@@ -254,6 +260,8 @@ def ray_cluster(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--ray-client-server-port",
+            str(client_port),
             "--num-cpus",
             "2",
             "--include-dashboard",
@@ -277,21 +285,38 @@ def ray_cluster(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
         status = subprocess.run(
             [str(ray), "status", "--address", address], env=env, capture_output=True, text=True
         )
-    yield address, env
+    yield Cluster(address=address, client_address=f"ray://127.0.0.1:{client_port}", env=env)
     head.send_signal(signal.SIGTERM)
     head.wait(timeout=120)
 
 
 def test_sweep_on_a_ray_start_head_cluster(
-    ray_cluster: tuple[str, dict[str, str]], tmp_path: Path, synthetic_root: Path
+    ray_cluster: Cluster, tmp_path: Path, synthetic_root: Path
 ) -> None:
-    address, env = ray_cluster
     sweep_file = _write_sweep(
         tmp_path,
         "on-cluster",
         synthetic_root,
         search_space={"solver.lr": {"type": "grid", "values": [0.003, 0.001]}},
     )
-    run = _run_sweep(sweep_file, tmp_path, "--address", address, env=env)
+    run = _run_sweep(sweep_file, tmp_path, "--address", ray_cluster.address, env=ray_cluster.env)
     assert run.result.returncode == 0, _output(run)
     _assert_finished_children(run, "on-cluster", 2)
+
+
+@pytest.mark.slow
+def test_sweep_through_ray_client(
+    ray_cluster: Cluster, tmp_path: Path, synthetic_root: Path
+) -> None:
+    """With ray:// the Tune loop runs on the head and the driver only follows it."""
+    sweep_file = _write_sweep(
+        tmp_path,
+        "via-client",
+        synthetic_root,
+        search_space={"solver.lr": {"type": "grid", "values": [0.003]}},
+    )
+    run = _run_sweep(
+        sweep_file, tmp_path, "--address", ray_cluster.client_address, env=ray_cluster.env
+    )
+    assert run.result.returncode == 0, _output(run)
+    _assert_finished_children(run, "via-client", 1)
