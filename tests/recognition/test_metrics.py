@@ -11,6 +11,7 @@ from s4v_recognition.metrics import (
     average_views,
     confusion_matrix,
     mean_class_accuracy,
+    pair_accuracy,
     per_class_accuracy,
     rank_of_true_class,
     topk_accuracy,
@@ -93,3 +94,18 @@ def test_bad_shapes_fail_with_the_shape_in_the_message() -> None:
         average_views(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="labels must be"):
         topk_accuracy(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+
+
+def test_pair_accuracy_compares_each_class_with_its_partner_only() -> None:
+    # class 2 has no partner; sample 0 beats its partner, sample 1 loses, sample 3 ties (wrong).
+    scores = torch.tensor(
+        [
+            [0.1, 0.0, 0.9],
+            [0.6, 0.4, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.5, 0.5, 0.0],
+        ]
+    )
+    labels = torch.tensor([0, 1, 2, 0])
+    assert pair_accuracy(scores, labels, [(0, 1)]) == pytest.approx(100 / 3)
+    assert math.isnan(pair_accuracy(scores, labels[2:3].repeat(4), [(0, 1)]))

@@ -11,6 +11,8 @@ shares with the true class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -84,3 +86,23 @@ def average_views(logits: Tensor) -> Tensor:
     if logits.ndim != 3:
         raise ValueError(f"logits must be (B, V, K), got shape {tuple(logits.shape)}")
     return logits.float().softmax(dim=-1).mean(dim=1)
+
+
+def pair_accuracy(scores: Tensor, labels: Tensor, pairs: Sequence[tuple[int, int]]) -> float:
+    """Accuracy (percent) of telling each class from its partner in ``pairs``; chance is 50.
+
+    For every sample whose class belongs to a pair (e.g. a motion and the same motion played
+    backwards), the sample counts as correct when its true class scores higher than the partner
+    (ties count as wrong). Samples of other classes are ignored; NaN when no sample is in a pair.
+    """
+    _check(scores, labels)
+    partner = torch.full((scores.shape[1],), -1, dtype=torch.long)
+    for a, b in pairs:
+        partner[a], partner[b] = b, a
+    partner = partner.to(labels.device)[labels]  # (N,)
+    keep = partner >= 0
+    if not keep.any():
+        return float("nan")
+    true_score = scores[keep].gather(1, labels[keep, None])[:, 0]
+    partner_score = scores[keep].gather(1, partner[keep, None])[:, 0]
+    return (true_score > partner_score).double().mean().item() * 100.0
