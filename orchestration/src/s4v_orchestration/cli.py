@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import eval as eval_command
+from s4v_orchestration.commands import run as run_command
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
 app = typer.Typer(
@@ -23,6 +25,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
+
+app.add_typer(run_command.app, name="run")
+app.add_typer(eval_command.app, name="eval")
 
 
 @app.callback()

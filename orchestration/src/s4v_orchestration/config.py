@@ -343,22 +343,29 @@ def read_yaml_config(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     return data, tree
 
 
+# A typed override from a CLI shortcut: (dotted field path, value, the option that set it).
+Shortcut = tuple[str, Any, str]
+
+
 def load_run_config(
     task: str,
     dataset: str | None,
     config_file: Path | None = None,
     overrides: Sequence[str] = (),
+    shortcuts: Sequence[Shortcut] = (),
 ) -> RunConfig:
-    """Build a validated run config: dataset preset, then the YAML file, then ``--set`` overrides.
+    """Build a validated run config: dataset preset, YAML file, shortcuts, then ``--set`` overrides.
 
     Args:
         task: "recognition" (or "retrieval").
         dataset: preset name; None takes ``data.dataset`` from the YAML file.
         config_file: optional YAML file with any subset of the RunConfig fields.
-        overrides: ``path.to.field=value`` strings, applied in order.
+        overrides: ``path.to.field=value`` strings, applied in order (last wins).
+        shortcuts: typed values of CLI options such as ``--epochs``, applied before ``overrides``.
 
     Raises:
-        ConfigError: naming the field path (and file line or ``--set`` item) of the first problem.
+        ConfigError: naming the field path (and file line, option or ``--set`` item) of every
+            problem.
     """
     file_data, file_tree = read_yaml_config(config_file) if config_file else ({}, None)
     file_dataset = (file_data.get("data") or {}).get("dataset")
@@ -370,28 +377,43 @@ def load_run_config(
         raise ConfigError(
             f"{config_file}: data.dataset is {file_dataset!r} but --dataset is {dataset!r}"
         )
-
     merged = _deep_merge(preset_config(task, dataset), file_data)
-    override_source: dict[tuple[str, ...], str] = {}
+    return apply_overrides(merged, overrides, shortcuts, file=(config_file, file_tree, file_data))
+
+
+def apply_overrides(
+    tree: dict[str, Any],
+    overrides: Sequence[str] = (),
+    shortcuts: Sequence[Shortcut] = (),
+    *,
+    file: tuple[Path | None, yaml.Node | None, dict[str, Any]] = (None, None, {}),
+) -> RunConfig:
+    """Apply shortcuts and ``--set`` overrides to a config tree and validate it.
+
+    Used by :func:`load_run_config` and to adjust the config stored in a checkpoint.
+    """
+    merged = copy.deepcopy(tree)
+    source: dict[tuple[str, ...], str] = {}
+    for dotted, value, option in shortcuts:
+        path = tuple(dotted.split("."))
+        _set_path(merged, path, value, option)
+        source[path] = option
     for text in overrides:
         path, value = parse_override(text)
         _set_path(merged, path, value, f"--set {text}")
-        override_source[path] = f"--set {text}"
-
+        source[path] = f"--set {text}"
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(
-            _describe(err, config_file, file_tree, override_source, file_data)
-        ) from None
+        raise ConfigError(_describe(err, *file, source)) from None
 
 
 def _describe(
     err: ValidationError,
     config_file: Path | None,
     file_tree: yaml.Node | None,
-    override_source: dict[tuple[str, ...], str],
     file_data: dict[str, Any],
+    override_source: dict[tuple[str, ...], str],
 ) -> str:
     lines = ["invalid run configuration:"]
     for item in err.errors():
@@ -438,3 +460,14 @@ def flatten(config: RunConfig) -> dict[str, str]:
 def to_yaml(config: RunConfig) -> str:
     """The config as YAML text that ``--config`` reads back to the same config."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """``"3x2"`` -> ``(3, 2)``: spatial crops x temporal clips of the multi-view test."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise ConfigError(f"--views {text!r}: expected CROPSxCLIPS, e.g. 1x1, 3x2 or 3x4")
+    crops, clips = int(match[1]), int(match[2])
+    if crops not in (1, 3) or clips < 1:
+        raise ConfigError(f"--views {text!r}: crops must be 1 or 3 and clips at least 1")
+    return crops, clips
