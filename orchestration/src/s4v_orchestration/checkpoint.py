@@ -27,6 +27,7 @@ RESUME_INDEPENDENT_FIELDS = (
     "output_dir",
     "resume",
     "device",
+    "cpu_threads",
     "tracking",
     "eval",
     "data.root",

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
 from s4v_orchestration.config import RunConfig, Shortcut, apply_overrides
 from s4v_orchestration.progress import RunProgress
@@ -63,6 +65,8 @@ def evaluate_checkpoint(
     device = resolve_device(config.device, local_rank_from_env())
     env = init_distributed(device)
     try:
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
         seed_everything(config.seed + env.rank)
         ui = RunProgress(enabled=progress and env.is_main)
         if env.is_main:

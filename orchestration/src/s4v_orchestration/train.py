@@ -121,6 +121,8 @@ def _run(
     progress: bool,
 ) -> TrainResult:
     solver = config.solver
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
     seed_everything(config.seed + env.rank)
     precision = resolve_precision(solver.precision, device)
     out_dir = Path(config.output_dir)

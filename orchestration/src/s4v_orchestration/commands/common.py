@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -45,7 +46,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, CheckpointError, DataNotFoundError, NonFiniteLossError) as err:
-        err_console.print(f"[bold red]error:[/bold red] {err}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1 if isinstance(err, NonFiniteLossError) else 2) from None
 
 

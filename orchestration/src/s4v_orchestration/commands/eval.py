@@ -117,5 +117,6 @@ def recognition(
     rows.append(("report", str(result.out_dir)))
     if result.run_id is not None:
         rows.append(("MLflow run", result.run_id))
-        rows.append(("open the UI", ui_command(cfg.tracking.uri)))
     console.print(summary_table("evaluation", rows))
+    if result.run_id is not None:
+        console.print(f"open the MLflow UI: {ui_command(cfg.tracking.uri)}", soft_wrap=True)

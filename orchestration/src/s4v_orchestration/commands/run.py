@@ -175,8 +175,10 @@ def recognition(
     rows.append(("checkpoints", str(cfg.output_dir)))
     if result.run_id is not None:
         rows.append(("MLflow run", f"{result.run_id} (experiment {cfg.tracking.experiment})"))
-        rows.append(("open the UI", ui_command(cfg.tracking.uri)))
     console.print(summary_table("run summary", rows))
+    if result.run_id is not None:
+        # On its own line, never wrapped, so that it can be copied.
+        console.print(f"open the MLflow UI: {ui_command(cfg.tracking.uri)}", soft_wrap=True)
 
 
 def _none_word(value: str | None) -> str | None:

@@ -102,7 +102,8 @@ class RecognitionTask:
     ) -> None:
         if config.data.dataset == "synthetic":
             synthetic = config.data.synthetic
-            announce(f"synthetic dataset: {config.data.root} (generated on first use)")
+            if not Path(config.data.root).exists():
+                announce(f"generating the synthetic dataset in {config.data.root} (first run only)")
             generate(
                 config.data.root,
                 seed=synthetic.seed,
