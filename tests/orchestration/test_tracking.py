@@ -77,10 +77,14 @@ def test_continued_run_reopens_the_same_run(store) -> None:
         raise KeyboardInterrupt
     with _open(store, continue_run_id=first_id) as tracker:
         assert tracker.run_id == first_id
+        assert tracker.continued
         tracker.log_metrics({"val/top1": 20.0}, step=2)
     client = MlflowClient(store)
     assert client.get_run(first_id).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(first_id, "val/top1")] == [1, 2]
+    with _open(store, continue_run_id="0123456789abcdef0123456789abcdef") as tracker:
+        assert tracker.run_id != first_id  # unknown in this store: a new run
+        assert not tracker.continued
 
 
 def test_disabled_tracking_logs_nothing(tmp_path) -> None:

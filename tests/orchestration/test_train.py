@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
 from s4v_orchestration.tasks.recognition import RecognitionTask
@@ -14,7 +15,9 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_run(tiny_config) -> None:
+def test_kill_and_resume_reproduces_the_uninterrupted_run(
+    tiny_config, tmp_path, monkeypatch
+) -> None:
     full_config = tiny_config("full")
     full = train(full_config)
 
@@ -22,11 +25,16 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tiny_config) -> None:
         if epoch == 1:
             raise KeyboardInterrupt
 
-    killed_config = tiny_config("killed")
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed_config = tiny_config("killed", **{"tracking.enabled": True, "tracking.uri": store})
     with pytest.raises(KeyboardInterrupt):
         train(killed_config, on_epoch_end=kill_after_first_epoch)
     last = killed_config.with_defaults().output_dir / "last.pt"
     assert load_checkpoint(last)["epoch"] == 1
+    run_id = load_checkpoint(last)["mlflow_run_id"]
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "KILLED"
 
     resumed = train(killed_config.model_copy(update={"resume": last}))
     timings = ("epoch/time_s", "epoch/peak_mem_mb", "train/epoch_clips_per_s")
@@ -38,6 +46,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tiny_config) -> None:
     assert full_weights.keys() == resumed_weights.keys()
     for key, value in full_weights.items():
         assert torch.equal(value, resumed_weights[key]), key
+    # The resumed training continued the same MLflow run, which now ends FINISHED.
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val/top1")] == [1, 2]
 
 
 def test_run_returns_validation_and_test_metrics_and_writes_checkpoints(tiny_config) -> None:

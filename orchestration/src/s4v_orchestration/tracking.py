@@ -59,6 +59,7 @@ class Tracker:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
         self.experiment_id: str | None = None
+        self.continued = False  # True when an existing run was reopened (resumed training)
 
     @property
     def enabled(self) -> bool:
@@ -168,6 +169,7 @@ def tracked_run(
 
     tracker = Tracker(client, run.info.run_id, tracking_uri)
     tracker.experiment_id = run.info.experiment_id
+    tracker.continued = run.info.run_id == continue_run_id
     monitor = None
     if system_metrics:
         monitor = SystemMetricsMonitor(

@@ -188,7 +188,9 @@ def _run(
         if env.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.yaml").write_text(to_yaml(config))
-            if config.resume is None:
+            if tracker.continued:
+                tracker.set_tags({"s4v.resumed_from": f"{config.resume} (epoch {state.epoch})"})
+            else:
                 tracker.log_params(flatten(config))
                 tracker.log_text(to_yaml(config), "config.yaml")
         ui.note(_describe_run(config, parts, device, precision, env, steps_per_epoch, tracker))
