@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from s4v_orchestration.sweep.tracking import (
     normalise_tracking_uri,
     record_trial,
     start_parent_run,
+    tidy_trial_runs,
 )
 
 SWEEP = """\
@@ -215,3 +217,23 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path: Path, monkeypatch) -> No
 
 def test_error_summary_is_the_last_traceback_line() -> None:
     assert error_summary("Traceback\n  File a\nRuntimeError: boom\n\n") == "RuntimeError: boom"
+
+
+def test_restarted_trials_leave_one_current_run_and_leftovers_are_closed(store) -> None:
+    client, _, experiment_id = store
+    parent = _start(client, experiment_id)
+    old = _child(client, experiment_id, parent, "trial-a", 0.01, [40])  # killed with a driver
+    time.sleep(0.01)  # MLflow orders runs by start time in milliseconds
+    new = _child(client, experiment_id, parent, "trial-a", 0.01, [41, 50])  # its restart
+    client.set_terminated(new, "FINISHED")
+    leftover = _child(client, experiment_id, parent, "trial-b", 0.1, [30])  # never closed
+    tidy_trial_runs(client, experiment_id=experiment_id, parent_run_id=parent, finished=False)
+    assert client.get_run(old).data.tags[TAG_TRIAL_STATE] == "superseded"
+    assert client.get_run(old).info.status == "KILLED"
+    assert client.get_run(leftover).info.status == "RUNNING"  # may still be resumed
+    tidy_trial_runs(client, experiment_id=experiment_id, parent_run_id=parent, finished=True)
+    assert client.get_run(leftover).data.tags[TAG_TRIAL_STATE] == "abandoned"
+    assert client.get_run(leftover).info.status == "KILLED"
+    assert TAG_TRIAL_STATE not in client.get_run(new).data.tags
+    rows = list_sweep(client, client.get_run(parent)).rows
+    assert [row.run_id for row in rows] == [new, leftover]  # one row per trial

@@ -127,7 +127,11 @@ def find_sweep(client: MlflowClient, sweep: str, experiment: str | None = None) 
 def list_sweep(
     client: MlflowClient, parent: Run, *, metric: str | None = None, mode: str | None = None
 ) -> RunListing:
-    """The trials of one sweep (the children of its parent run), best first."""
+    """The trials of one sweep (the children of its parent run), best first.
+
+    Runs of a trial that was restarted from scratch are left out (``superseded``); the trial's
+    current run stands for it.
+    """
     tags = parent.data.tags
     metric = metric or tags.get(TAG_METRIC) or DEFAULT_METRICS["recognition"][0]
     mode = mode or tags.get(TAG_MODE, "max")
@@ -137,7 +141,8 @@ def list_sweep(
         max_results=5000,
     )
     searched = [p for p in tags.get(TAG_SEARCHED, "").split(",") if p]
-    rows = _sorted([_row(run, metric) for run in children], mode)
+    current = [run for run in children if run.data.tags.get(TAG_TRIAL_STATE) != "superseded"]
+    rows = _sorted([_row(run, metric) for run in current], mode)
     return RunListing(
         title=f"sweep {tags.get(TAG_SWEEP, parent.info.run_name)} ({parent.info.run_id})",
         metric=metric,
@@ -164,6 +169,7 @@ def list_experiment(
         run
         for run in client.search_runs([found.experiment_id], max_results=5000)
         if run.data.tags.get(TAG_KIND) != "sweep"
+        and run.data.tags.get(TAG_TRIAL_STATE) != "superseded"
     ]
     metric = metric or _default_metric(runs)
     rows = _sorted([_row(run, metric) for run in runs], mode)[:limit]

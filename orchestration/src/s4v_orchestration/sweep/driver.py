@@ -23,8 +23,6 @@ from urllib.parse import urlparse
 
 import ray
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
@@ -36,7 +34,6 @@ from s4v_orchestration.sweep.tracking import (
     TAG_FILE_SHA256,
     TAG_STATE,
     TAG_SWEEP,
-    TAG_TRIAL_STATE,
     SweepRecord,
     TrialOutcome,
     TrialState,
@@ -48,6 +45,7 @@ from s4v_orchestration.sweep.tracking import (
     record_trial,
     reopen_parent_run,
     start_parent_run,
+    tidy_trial_runs,
 )
 from s4v_orchestration.sweep.trainable import (
     CHECKPOINT_FILE,
@@ -159,21 +157,6 @@ class TrialRecorder(tune.Callback):
         self._record(_outcome_from_trial(trial, "failed", error=error))
 
 
-def _close_abandoned_children(
-    client: MlflowClient, *, experiment_id: str, parent_run_id: str
-) -> None:
-    """Runs still RUNNING after a finished sweep belong to trials killed with an earlier driver."""
-    running = client.search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-        ),
-    )
-    for run in running:
-        client.set_tag(run.info.run_id, TAG_TRIAL_STATE, "abandoned")
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-
-
 # --- 3. Ray ----------------------------------------------------------------------------------
 
 
@@ -252,6 +235,17 @@ def run_metrics(result: dict[str, Any]) -> dict[str, float]:
         and isinstance(value, int | float)
         and not isinstance(value, bool)
     }
+
+
+def _was_interrupted(grid: tune.ResultGrid, expected_trials: int) -> bool:
+    """Whether the sweep stopped before every trial ended (Ctrl-C).
+
+    Read from the experiment state Ray saved when the loop ended: the trials in ``grid`` were
+    stopped during clean-up since, so an interrupted trial counts as terminated there.
+    """
+    saved = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem)
+    ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in saved.trials)
+    return ended < max(len(saved.trials), expected_trials)
 
 
 def sweep_sha256(text: str) -> str:
@@ -481,16 +475,17 @@ def run_sweep(
         if owns_ray:
             ray.shutdown()
 
-    ended = grid.num_terminated + grid.num_errors
-    interrupted = ended < max(len(grid), spec.total_trials())
+    interrupted = _was_interrupted(grid, spec.total_trials())
     best = _best_outcome(grid, metric, mode)
     best_config = None
     if best is not None:
         best_config = apply_values(base, best.params).model_dump(mode="json")
-    if not interrupted:
-        _close_abandoned_children(
-            client, experiment_id=record.experiment_id, parent_run_id=record.parent_run_id
-        )
+    tidy_trial_runs(
+        client,
+        experiment_id=record.experiment_id,
+        parent_run_id=record.parent_run_id,
+        finished=not interrupted,
+    )
     finish_parent_run(
         client,
         parent_run_id=record.parent_run_id,

@@ -98,4 +98,7 @@ def make_tune_config(spec: SweepSpec, *, max_epochs: int) -> tune.TuneConfig:
         max_concurrent_trials=spec.max_concurrent_trials,
         scheduler=make_scheduler(spec, max_epochs=max_epochs),
         search_alg=make_search_algorithm(spec),
+        # A finished trial's process (torch and s4v already imported) runs the next trial: on a
+        # small machine starting a process per trial costs as much as a short trial itself.
+        reuse_actors=True,
     )

@@ -243,6 +243,35 @@ def record_trial(
     return run_id
 
 
+def tidy_trial_runs(
+    client: MlflowClient, *, experiment_id: str, parent_run_id: str, finished: bool
+) -> None:
+    """Leave one current run per trial.
+
+    A trial restarted without a checkpoint (after Ctrl-C, a crash or a retried failure) logs to a
+    new run: the older runs of that trial are tagged ``superseded`` (and closed). Once the sweep
+    has finished, a run still RUNNING belonged to a trial killed with an earlier driver.
+    """
+    children = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5000,
+    )
+    seen: set[str] = set()
+    for run in children:
+        stale = run.info.run_name in seen
+        seen.add(run.info.run_name)
+        if stale:
+            client.set_tag(run.info.run_id, TAG_TRIAL_STATE, "superseded")
+        elif not (finished and run.info.status == "RUNNING"):
+            continue
+        else:
+            client.set_tag(run.info.run_id, TAG_TRIAL_STATE, "abandoned")
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
 def finish_parent_run(
     client: MlflowClient,
     *,
