@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+if not console.is_terminal:
+    console.width = 200  # a file or a pipe: keep each table row on one line
 
 OVERHEAD_TARGET = 1.5  # sweep wall time at most 1.5x the same trials run one by one
 
