@@ -29,8 +29,10 @@ def _release_from(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for reference, key in reference_key_map(model).items():
         tensor = ours[key]
-        if ".conv.0." in reference or ".conv.2." in reference:
-            tensor = tensor.reshape(*tensor.shape, 1, 1, 1) if tensor.dim() == 2 else tensor
+        if reference.endswith(".conv.1.weight"):  # depth-wise temporal conv (C, 3)
+            tensor = tensor.reshape(tensor.shape[0], 1, 3, 1, 1)
+        elif ".conv." in reference and reference.endswith(".weight"):  # 1x1x1 convs (C, C)
+            tensor = tensor.reshape(*tensor.shape, 1, 1, 1)
         state[f"module.{reference}"] = tensor
     return {"epoch": 1, "model_state_dict": state}
 
