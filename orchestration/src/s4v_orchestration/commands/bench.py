@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,6 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-console = Console()
 err_console = Console(stderr=True)
 
 app = typer.Typer(help="Benchmarks: training memory and speed, data loading.", no_args_is_help=True)
@@ -134,6 +134,8 @@ def memory(
         if cuda:
             row.append(f"{(r.cuda_peak_bytes or 0) / 2**30:.2f} GiB")
         table.add_row(*row)
+    # Piped output is not squeezed to rich's default 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     console.print(table)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +146,7 @@ def memory(
     )
     png_path = out / f"{stem}.png"
     _plot(results, png_path, table.title, cuda)
-    console.print(f"wrote {json_path} and {png_path}", highlight=False)
+    console.print(f"wrote {json_path} and {png_path}", highlight=False, soft_wrap=True)
 
 
 def _plot(results: list, path: Path, title: str, cuda: bool) -> None:
