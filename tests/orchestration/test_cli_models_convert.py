@@ -6,6 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
+from s4v_orchestration.config import RunConfig
 from s4v_recognition import build_model, load_converted_checkpoint
 from s4v_recognition.checkpoints import reference_key_map
 
@@ -62,6 +63,27 @@ def test_convert_side4video_writes_a_model_with_the_release_weights(tmp_path) ->
     frames = torch.randn(2, 8, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_converted_checkpoint(target)(frames), model(frames))
+
+
+def test_convert_with_a_dataset_stores_a_run_config_that_rebuilds_the_same_backbone(
+    tmp_path,
+) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny", 3)
+    source, target = tmp_path / "model_best.pt", tmp_path / "tiny.pt"
+    torch.save(_release_from(model), source)
+    result = runner.invoke(
+        app,
+        ["convert", "side4video", str(source), str(target), "--preset", "tiny", "--num-classes",
+         "3", "--dataset", "ssv2"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = torch.load(target, weights_only=True)
+    config = RunConfig.model_validate(saved["config"])
+    assert (config.data.dataset, config.model.preset) == ("ssv2", "tiny")
+    rebuilt = build_model(config.model.preset, 3, pretrained=config.model.pretrained)
+    assert rebuilt.backbone_identity == saved["backbone"]
 
 
 def test_convert_side4video_names_the_bad_key_and_exits_2(tmp_path) -> None:

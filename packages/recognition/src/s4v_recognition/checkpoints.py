@@ -205,14 +205,20 @@ def load_side4video_checkpoint(path: str | Path, preset: str, num_classes: int) 
 
 
 def convert_side4video_checkpoint(
-    source: str | Path, target: str | Path, preset: str, num_classes: int
+    source: str | Path,
+    target: str | Path,
+    preset: str,
+    num_classes: int,
+    *,
+    extra: dict | None = None,
 ) -> VideoClassifier:
     """Convert a released checkpoint into a self-contained s4v model file.
 
     The file is an s4v checkpoint (``format``, ``version``, ``task``, ``backbone``, ``model``
     as written by training runs) plus what is needed to rebuild the model without anything else:
     ``preset``, ``method``, ``num_classes``, ``settings`` and the frozen backbone's weights in
-    ``backbone_state_dict``. Read it back with :func:`load_converted_checkpoint`.
+    ``backbone_state_dict``. ``extra`` entries (e.g. a run ``config``) are stored as well. Read it
+    back with :func:`load_converted_checkpoint`.
     """
     source, target = Path(source), Path(target)
     model, _ = _load_release(source, preset, num_classes)
@@ -232,6 +238,7 @@ def convert_side4video_checkpoint(
             "model": trainable,
             "backbone_state_dict": frozen,
             "converted_from": {"path": str(source), "sha256": model.backbone_identity["sha256"]},
+            **(extra or {}),
         },
         target,
     )
