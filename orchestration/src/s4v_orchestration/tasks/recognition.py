@@ -125,6 +125,7 @@ class RecognitionTask:
             source=data.source,
             num_sample=data.num_sample,
             rand_augment=data.rand_augment,
+            flip=data.flip,
             test_crops=config.eval.test_crops,
             test_clips=config.eval.test_clips,
             num_classes=self.num_classes,
@@ -135,16 +136,21 @@ class RecognitionTask:
         files = data_files(config)
         class_names = read_labels(files.labels)
         self.num_classes = len(class_names)
-        model = build_model(
-            config.model.preset,
-            self.num_classes,
-            method=config.model.method,
-            pretrained=config.model.pretrained,
-            num_frames=config.data.num_frames,
-            side_dim=config.model.side_dim,
-            grad_checkpointing=config.model.grad_checkpointing,
-            dropout=config.model.dropout,
-        )
+        # Initialise from config.seed alone: a random backbone (pretrained=None), which the
+        # checkpoint does not store, is then rebuilt identically on resume, for evaluation and on
+        # every DDP rank.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = build_model(
+                config.model.preset,
+                self.num_classes,
+                method=config.model.method,
+                pretrained=config.model.pretrained,
+                num_frames=config.data.num_frames,
+                side_dim=config.model.side_dim,
+                grad_checkpointing=config.model.grad_checkpointing,
+                dropout=config.model.dropout,
+            )
         self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
         return TaskParts(
             model=model,
