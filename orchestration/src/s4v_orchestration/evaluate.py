@@ -140,4 +140,4 @@ def evaluate_checkpoint(
             evaluation=evaluation, config=config, out_dir=out_dir, run_id=tracker.run_id
         )
     finally:
-        close_distributed()
+        close_distributed(env)

@@ -109,7 +109,7 @@ def run_training(
     try:
         return _run(config, task, device, env, on_epoch_end, progress)
     finally:
-        close_distributed()
+        close_distributed(env)
 
 
 def _run(
