@@ -136,3 +136,24 @@ def test_converted_release_evaluates_on_the_dataset_it_is_given(in_tmp, syntheti
     assert result.exit_code == 0, result.output
     summary = json.loads((in_tmp / "eval-1x2" / "eval.json").read_text())
     assert summary["num_videos"] == 8 and summary["num_classes"] == 8
+
+
+def test_release_converted_with_its_dataset_evaluates_without_the_original_file(
+    in_tmp, synthetic_root
+) -> None:
+    torch.manual_seed(1)
+    torch.save(_release_of(build_model("tiny", 8).eval()), in_tmp / "model_best.pt")
+    converted = in_tmp / "converted.pt"
+    result = _invoke(
+        ["convert", "side4video", str(in_tmp / "model_best.pt"), str(converted), "--preset",
+         "tiny", "--num-classes", "8", "--dataset", "synthetic"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (in_tmp / "model_best.pt").unlink()  # the converted file carries the frozen backbone
+    result = _invoke(
+        ["eval", "recognition", "--checkpoint", str(converted), "--no-tracking",
+         "--data-root", str(synthetic_root), "--set", "data.synthetic.videos_per_class=5",
+         "--set", "data.synthetic.size=32"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((in_tmp / "eval-1x1" / "eval.json").read_text())["num_videos"] == 8

@@ -241,7 +241,7 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             },
             "model": {"preset": "tiny", "pretrained": None},
             "solver": {
-                "epochs": 8,
+                "epochs": 6,
                 "warmup_epochs": 1,
                 "lr": 3e-3,
                 "weight_decay": 0.05,

@@ -58,15 +58,17 @@ def evaluate_checkpoint(
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
-    model = None
-    if "config" in state:  # written by a training run
+    # A converted release carries its frozen backbone: use it as it is, so the file is
+    # self-contained (no download, and the original release may have moved).
+    model = load_converted_checkpoint(checkpoint) if "backbone_state_dict" in state else None
+    if "config" in state:  # written by a training run (or by `s4v convert --dataset`)
         if dataset is not None:
             shortcuts = [("data.dataset", dataset, "--dataset"), *shortcuts]
         config = apply_overrides(state["config"], overrides, shortcuts)
-    elif "backbone_state_dict" in state:  # a release converted by `s4v convert side4video`
+    elif model is not None:
         if dataset is None:
             raise CheckpointError(
-                f"{checkpoint} is a converted Side4Video release, which does not record its "
+                f"{checkpoint} is a converted Side4Video release that does not record its "
                 "dataset: name it with --dataset (e.g. --dataset ssv2 --data-root /data/ssv2)"
             )
         settings = state["settings"]
@@ -81,7 +83,6 @@ def evaluate_checkpoint(
             state.get("task", "recognition"), dataset, overrides=overrides,
             shortcuts=[*release, *shortcuts],
         )  # fmt: skip
-        model = load_converted_checkpoint(checkpoint)
     else:
         raise CheckpointError(f"{checkpoint} holds neither a run config nor a converted model")
     config = config.with_defaults()
