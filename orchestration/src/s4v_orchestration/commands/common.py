@@ -40,12 +40,12 @@ def user_errors() -> Iterator[None]:
     # Imported here so that `s4v --help` does not load torch, open_clip and MLflow.
     from s4v_orchestration.checkpoint import CheckpointError
     from s4v_orchestration.config import ConfigError
-    from s4v_orchestration.tasks.recognition import DataNotFoundError
+    from s4v_orchestration.tasks.recognition import DataError
     from s4v_orchestration.train import NonFiniteLossError
 
     try:
         yield
-    except (ConfigError, CheckpointError, DataNotFoundError, NonFiniteLossError) as err:
+    except (ConfigError, CheckpointError, DataError, NonFiniteLossError) as err:
         err_console.print(
             f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True
         )
