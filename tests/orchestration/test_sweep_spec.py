@@ -165,8 +165,12 @@ def test_tune_config_carries_metric_mode_samples_and_concurrency() -> None:
     )
     config = make_tune_config(spec, max_epochs=3)
     assert (config.metric, config.mode, config.num_samples) == ("val/top5", "max", 7)
-    assert config.max_concurrent_trials == 2
+    # Random search: the limit goes to the generator itself (Ray ignores the TuneConfig one).
     assert isinstance(config.search_alg, BasicVariantGenerator)
+    assert config.search_alg.max_concurrent == 2
+    assert config.max_concurrent_trials is None
+    optuna = parse_sweep(MINIMAL + "max_concurrent_trials: 2\nsearch: {algorithm: optuna}\n")
+    assert make_tune_config(optuna, max_epochs=3).max_concurrent_trials == 2
 
 
 def test_optuna_searcher_proposes_values_inside_the_search_space() -> None:

@@ -78,6 +78,7 @@ def sweep(
 
     from s4v_orchestration.config import ConfigError
     from s4v_orchestration.run_table import list_sweep, render
+    from s4v_orchestration.sweep.cluster import ClusterError
     from s4v_orchestration.sweep.driver import SweepError, run_sweep
     from s4v_orchestration.sweep.spec import SweepFileError, load_sweep_file
 
@@ -103,7 +104,7 @@ def sweep(
             source=str(sweep_file),
             announce=lambda note: console.print(note, highlight=False),
         )
-    except (SweepFileError, ConfigError, SweepError) as exc:
+    except (SweepFileError, ConfigError, SweepError, ClusterError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import ray
 from mlflow import MlflowClient
@@ -28,6 +26,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from s4v_orchestration.config import RunConfig, load_run_config
 from s4v_orchestration.paths import default_tracking_uri
+from s4v_orchestration.sweep.cluster import check_trials_can_log, connect_ray
 from s4v_orchestration.sweep.space import EPOCH_KEY, make_tune_config, param_space
 from s4v_orchestration.sweep.spec import SweepFileError, SweepSpec, candidate_values
 from s4v_orchestration.sweep.tracking import (
@@ -40,7 +39,6 @@ from s4v_orchestration.sweep.tracking import (
     experiment_id_for,
     find_parent_by_storage,
     finish_parent_run,
-    is_server_uri,
     normalise_tracking_uri,
     record_trial,
     reopen_parent_run,
@@ -157,52 +155,7 @@ class TrialRecorder(tune.Callback):
         self._record(_outcome_from_trial(trial, "failed", error=error))
 
 
-# --- 3. Ray ----------------------------------------------------------------------------------
-
-
-def _is_local_ip(ip: str) -> bool:
-    """True if ``ip`` belongs to this machine (binding to it succeeds only then)."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as sock:
-            sock.bind((ip, 0))
-        return True
-    except OSError:
-        return False
-
-
-def connect_ray(address: str | None, *, num_cpus: int | None, num_gpus: int | None) -> bool:
-    """Start a local Ray (returns True: we own it) or join the cluster at ``address``."""
-    if address is None:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
-        return True
-    ray.init(address=address)
-    return False
-
-
-def check_trials_can_log(tracking_uri: str, address: str | None) -> None:
-    """Refuse a local SQLite store when trials may run on other machines: they would each write to
-    a file of their own. A tracking server (``--tracking-uri http://...``) works everywhere."""
-    if address is None or is_server_uri(tracking_uri):
-        return
-    hint = "start `mlflow server` and pass --tracking-uri http://HOST:5000 (see README, Sweeps)"
-    if address.startswith("ray://"):
-        host = urlparse(address).hostname or ""
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise SweepError(f"trials on {address} cannot write to {tracking_uri}; {hint}")
-        return
-    remote = sorted(
-        node["NodeManagerAddress"]
-        for node in ray.nodes()
-        if node["Alive"] and not _is_local_ip(node["NodeManagerAddress"])
-    )
-    if remote:
-        raise SweepError(
-            f"the cluster has nodes on other machines ({', '.join(remote)}) that cannot write to "
-            f"{tracking_uri}; {hint}"
-        )
-
-
-# --- 4. the sweep ----------------------------------------------------------------------------
+# --- 3. the sweep ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -375,6 +328,44 @@ def _new_tuner(
     )
 
 
+def _fit(
+    spec: SweepSpec,
+    base: RunConfig,
+    record: SweepRecord,
+    client: MlflowClient,
+    resume: bool,
+    experiment_path: str,
+    storage: str,
+    verbose: int,
+) -> tune.ResultGrid:
+    """Run the trials to the end (or to Ctrl-C); the parent run is closed if this raises."""
+    context = TrialContext(
+        base_config=base.model_dump(mode="json"),
+        metric=spec.objective[0],
+        tracking_uri=record.tracking_uri,
+        experiment=client.get_experiment(record.experiment_id).name,
+        parent_run_id=record.parent_run_id,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    try:
+        if resume:
+            # Finished trials stay finished; unfinished ones continue from their last checkpoint
+            # and failed ones are retried from theirs.
+            tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
+        else:
+            tuner = _new_tuner(spec, base, trainable, record, storage, verbose)
+        return tuner.fit()
+    except BaseException as exc:
+        # No parent run is left RUNNING: a second Ctrl-C leaves it resumable, an error failed.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        client.set_tag(record.parent_run_id, TAG_STATE, "interrupted" if interrupted else "failed")
+        client.set_terminated(record.parent_run_id, "KILLED" if interrupted else "FAILED")
+        raise
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -405,7 +396,8 @@ def run_sweep(
         announce: prints progress notes (data preparation).
 
     Raises:
-        SweepError, SweepFileError, ConfigError: before any trial runs, for what the user can fix.
+        SweepError, SweepFileError, ConfigError, ClusterError: before any trial runs, for what
+            the user can fix.
     """
     if spec.name is None:
         raise ValueError("the sweep needs a name; load_sweep_file() takes it from the file name")
@@ -420,57 +412,37 @@ def run_sweep(
 
     if resume:
         record = _resume_record(experiment_path, record_path, tracking_uri, digest, source)
+        uri = record.tracking_uri
     elif local_storage and Path(experiment_path).exists():
         raise SweepError(
             f"{experiment_path} already exists: pass --resume to continue that sweep, or give "
             "this one another name (name: in the sweep file)"
         )
+    else:
+        uri = normalise_tracking_uri(tracking_uri or base.tracking.uri)
     # Prepared once here: concurrent trials would otherwise generate the synthetic set at once.
     get_task(base.task).prepare_data(base, announce=announce)
-    if not resume:
-        record = _new_record(
-            spec,
-            base,
-            experiment_path=experiment_path,
-            tracking_uri=tracking_uri,
-            sweep_text=sweep_text,
-            digest=digest,
-        )
-        if record_path is not None:
-            record_path.parent.mkdir(parents=True, exist_ok=True)
-            record.save(record_path)
-    client = MlflowClient(record.tracking_uri)
-    if resume:
-        reopen_parent_run(client, record.parent_run_id)
 
-    owns_ray = False
+    owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
-        owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
-        check_trials_can_log(record.tracking_uri, address)
-        context = TrialContext(
-            base_config=base.model_dump(mode="json"),
-            metric=metric,
-            tracking_uri=record.tracking_uri,
-            experiment=client.get_experiment(record.experiment_id).name,
-            parent_run_id=record.parent_run_id,
-        )
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, context=context),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-        )
+        check_trials_can_log(uri, address)
         if resume:
-            # Finished trials stay finished; unfinished ones continue from their last checkpoint
-            # and failed ones are retried from theirs.
-            tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
+            client = MlflowClient(uri)
+            reopen_parent_run(client, record.parent_run_id)
         else:
-            tuner = _new_tuner(spec, base, trainable, record, storage, verbose)
-        grid = tuner.fit()
-    except BaseException as exc:
-        # No parent run is left RUNNING: a second Ctrl-C leaves it resumable, an error failed.
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        client.set_tag(record.parent_run_id, TAG_STATE, "interrupted" if interrupted else "failed")
-        client.set_terminated(record.parent_run_id, "KILLED" if interrupted else "FAILED")
-        raise
+            record = _new_record(
+                spec,
+                base,
+                experiment_path=experiment_path,
+                tracking_uri=uri,
+                sweep_text=sweep_text,
+                digest=digest,
+            )
+            if record_path is not None:
+                record_path.parent.mkdir(parents=True, exist_ok=True)
+                record.save(record_path)
+            client = MlflowClient(uri)
+        grid = _fit(spec, base, record, client, resume, experiment_path, storage, verbose)
     finally:
         if owns_ray:
             ray.shutdown()

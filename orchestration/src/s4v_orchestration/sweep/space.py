@@ -86,18 +86,24 @@ def make_search_algorithm(spec: SweepSpec) -> Searcher | BasicVariantGenerator:
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=spec.search.seed)
-    return BasicVariantGenerator(random_state=spec.search.seed)
+    # Ray applies TuneConfig.max_concurrent_trials only to a Searcher; this generator takes its own.
+    return BasicVariantGenerator(
+        random_state=spec.search.seed, max_concurrent=spec.max_concurrent_trials or 0
+    )
 
 
 def make_tune_config(spec: SweepSpec, *, max_epochs: int) -> tune.TuneConfig:
     metric, mode = spec.objective
+    search_alg = make_search_algorithm(spec)
     return tune.TuneConfig(
         metric=metric,
         mode=mode,
         num_samples=spec.num_samples,
-        max_concurrent_trials=spec.max_concurrent_trials,
+        max_concurrent_trials=(
+            spec.max_concurrent_trials if isinstance(search_alg, Searcher) else None
+        ),
         scheduler=make_scheduler(spec, max_epochs=max_epochs),
-        search_alg=make_search_algorithm(spec),
+        search_alg=search_alg,
         # A finished trial's process (torch and s4v already imported) runs the next trial: on a
         # small machine starting a process per trial costs as much as a short trial itself.
         reuse_actors=True,
