@@ -15,6 +15,7 @@ from s4v_retrieval.similarity import (
     TextFeatures,
     VideoFeatures,
     WTISimilarity,
+    blockwise_scores,
     build_similarity,
 )
 
@@ -110,3 +111,12 @@ def test_unknown_similarity_names_the_choices() -> None:
     assert isinstance(build_similarity("wti", 8), WTISimilarity)
     with pytest.raises(ValueError, match="meanP, wti"):
         build_similarity("seqTransf", 8)
+
+
+def test_blockwise_scores_equal_the_full_matrix() -> None:
+    text, video = _features(bt=3, bv=4)
+    head = WTISimilarity(8)
+    full = head(text, video)
+    score_block = blockwise_scores(head, text, video, video_chunk=3)
+    torch.testing.assert_close(score_block(0, 3), full)
+    torch.testing.assert_close(score_block(1, 2), full[1:2])

@@ -155,3 +155,26 @@ def build_similarity(name: str, width: int) -> nn.Module:
     if name == "wti":
         return WTISimilarity(width)
     raise ValueError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}")
+
+
+def blockwise_scores(
+    similarity: nn.Module, text: TextFeatures, video: VideoFeatures, *, video_chunk: int = 512
+):
+    """A ``score_block(start, stop)`` for :mod:`s4v_retrieval.metrics` over cached features.
+
+    Scores captions ``start..stop`` against every video, ``video_chunk`` videos at a time, without
+    autograd, so that a token-wise head never materialises all (caption, video, token, frame)
+    similarities at once.
+    """
+    if video_chunk < 1:
+        raise ValueError(f"video_chunk must be >= 1, got {video_chunk}")
+
+    @torch.no_grad()
+    def score_block(start: int, stop: int) -> torch.Tensor:
+        rows = text[start:stop]
+        parts = [
+            similarity(rows, video[v : v + video_chunk]) for v in range(0, len(video), video_chunk)
+        ]
+        return torch.cat(parts, dim=1)  # (stop - start, Bv)
+
+    return score_block
