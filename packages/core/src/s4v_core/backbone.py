@@ -1,0 +1,246 @@
+"""Frozen CLIP ViT backbones from open_clip, yielding the tokens after every transformer block.
+
+Side4Video (arXiv 2311.15769, reference github.com/HJYao00/Side4Video @ 5d72352) runs a CLIP ViT
+frozen beside a trainable side network. The reference vendors a modified CLIP; here the backbone is
+an unmodified open_clip ``VisionTransformer`` whose maths is the same (conv patch embedding, class
+token, positional embedding, ``ln_pre``, pre-LN residual blocks), read block by block.
+
+Weights come from an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``, ...), from a local
+file (an OpenAI-format ``.pt``, TorchScript or plain state dict, or an open_clip state dict), or
+nowhere (random initialisation). OpenAI weights need the ``-quickgelu`` model names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+import zipfile
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import open_clip
+import torch
+from einops import rearrange
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL = "s4v-tiny"
+# Entries of TorchScript CLIP archives that are not weights (OpenAI's metadata, and the text
+# tower's causal mask, a non-persistent buffer in open_clip).
+_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def register_model_configs() -> None:
+    """Make the model configs shipped with s4v (``s4v-tiny``) known to open_clip. Idempotent."""
+    if TINY_MODEL in open_clip.list_models():
+        return
+    with resources.as_file(resources.files("s4v_core") / "model_configs") as config_dir:
+        open_clip.add_model_config(Path(config_dir))
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read CLIP weights from a local file without unpickling arbitrary objects.
+
+    Accepts OpenAI's TorchScript archives (read with ``torch.jit.load``, which runs no Python
+    pickle), and ``torch.save`` files holding a state dict, optionally under a ``state_dict`` key
+    and with a DDP ``module.`` prefix (read with ``torch.load(weights_only=True)``).
+
+    Raises:
+        ValueError: when the file holds no tensor state dict.
+    """
+    path = Path(path)
+    if _is_torchscript_archive(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", FutureWarning
+            )  # torch.jit is deprecated, OpenAI's files are not
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{path}: not a readable weights file ({error})") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    for key in _NON_WEIGHT_KEYS:
+        state.pop(key, None)
+    return state
+
+
+def load_weights_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state)`` with an error that names the offending keys and shapes."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unknown keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if mismatched:
+        problems.append(f"wrong shapes {mismatched[:5]}")
+    if problems:
+        raise ValueError(f"{source}: weights do not fit the model: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def create_clip(name: str, pretrained: str | None = None) -> tuple[open_clip.CLIP, dict]:
+    """Build an open_clip CLIP (vision and text towers) and load its weights.
+
+    Args:
+        name: open_clip model name (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``s4v-tiny``, ...).
+        pretrained: an open_clip pretrained tag, a path to a local weights file, or None for
+            random weights. A local file may hold the whole CLIP or only the ``visual.`` tower.
+
+    Returns:
+        The model (eval mode, fp32, on the CPU) and its identity
+        ``{"name", "pretrained", "sha256"}`` (``sha256`` only for local files).
+    """
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    identity = {"name": name, "pretrained": pretrained, "sha256": None}
+    if pretrained is not None and Path(pretrained).is_file():
+        model = open_clip.create_model(name, pretrained=None)
+        state = read_clip_state_dict(pretrained)
+        if all(key.startswith("visual.") for key in state):
+            visual_state = {key.removeprefix("visual."): value for key, value in state.items()}
+            load_weights_strict(model.visual, visual_state, str(pretrained))
+        else:
+            load_weights_strict(model, state, str(pretrained))
+        identity["sha256"] = file_sha256(pretrained)
+        logger.info("loaded %s weights from %s", name, pretrained)
+    elif pretrained is not None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ValueError(
+                f"pretrained={pretrained!r} is neither a file nor an open_clip tag for {name} "
+                f"(tags: {', '.join(tags) or 'none'})"
+            )
+        model = open_clip.create_model(name, pretrained=pretrained)
+    else:
+        model = open_clip.create_model(name, pretrained=None)
+    return model.eval(), identity
+
+
+class FrozenViT(nn.Module):
+    """A CLIP ViT that never trains: parameters frozen, every forward under ``torch.no_grad()``.
+
+    Frames are encoded independently; :meth:`iter_blocks` yields the tokens after each residual
+    block, ``(B*T, 1+N, D)`` batch-first with the class token first, one layer at a time so that a
+    consumer can interleave its own work and only one layer's tokens need to be alive.
+
+    Args:
+        visual: an open_clip ``VisionTransformer`` (taken over, not copied).
+        identity: where the weights came from (see :func:`create_clip`).
+        with_projection: keep ``ln_post`` and ``proj`` for :meth:`encode_image` (the CLIP image
+            embedding). Side4Video does not use them, so they are dropped by default, as in the
+            reference (which also leaves them out of its parameter count).
+    """
+
+    def __init__(self, visual: nn.Module, identity: dict, *, with_projection: bool = False) -> None:
+        super().__init__()
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise TypeError(f"FrozenViT needs an open_clip VisionTransformer, got {type(visual)}")
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.positional_embedding = visual.positional_embedding
+        self.ln_pre = visual.ln_pre
+        self.blocks = visual.transformer.resblocks
+        if not visual.transformer.batch_first:
+            raise ValueError("FrozenViT expects an open_clip ViT built with batch_first=True")
+        self.ln_post = visual.ln_post if with_projection else None
+        self.proj = visual.proj if with_projection else None
+        self.width: int = visual.transformer.width
+        self.num_layers: int = len(self.blocks)
+        self.patch_size: int = visual.patch_size[0]
+        self.image_size: int = visual.image_size[0]
+        self.grid: tuple[int, int] = tuple(visual.grid_size)
+        self.embed_dim: int | None = visual.output_dim if with_projection else None
+        preprocess = getattr(visual, "preprocess_cfg", {})
+        self.mean: tuple[float, ...] = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std: tuple[float, ...] = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+        self._identity = dict(identity)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def identity(self) -> dict:
+        """``{"name": open_clip name, "pretrained": tag or path or None, "sha256": hash or None}``."""
+        return dict(self._identity)
+
+    def train(self, mode: bool = True) -> FrozenViT:
+        # Always eval: the backbone has no dropout or batch statistics to switch, and eval mode lets
+        # nn.MultiheadAttention take PyTorch's fused inference path.
+        return super().train(False)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch and position embedding: images ``(M, 3, H, W)`` -> tokens ``(M, 1+N, D)``."""
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # (M, D, h, w)
+        x = rearrange(x, "m d h w -> m (h w) d")
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
+
+    @torch.no_grad()
+    def block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Residual block ``index`` on tokens ``(M, 1+N, D)``."""
+        return self.blocks[index](tokens)
+
+    def iter_blocks(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield the tokens ``(M, 1+N, D)`` after each block for images ``(M, 3, H, W)``."""
+        # No grad context spans a yield: that would leak no_grad into the consumer's code.
+        tokens = self.embed(images)
+        for index in range(self.num_layers):
+            tokens = self.block(index, tokens)
+            yield tokens
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens after every block: a list of L tensors ``(M, 1+N, D)`` for images ``(M, 3, H, W)``."""
+        return list(self.iter_blocks(images))
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embedding ``(M, E)`` (``ln_post`` on the class token, then ``proj``)."""
+        if self.proj is None:
+            raise RuntimeError("build the backbone with with_projection=True to encode images")
+        tokens = self.embed(images)
+        for index in range(self.num_layers):
+            tokens = self.block(index, tokens)
+        return self.ln_post(tokens[:, 0]) @ self.proj
+
+
+def build_backbone(
+    name: str, pretrained: str | None = None, *, with_projection: bool = False
+) -> FrozenViT:
+    """A frozen CLIP ViT: open_clip ``name`` with weights from ``pretrained`` (tag, file or None)."""
+    clip, identity = create_clip(name, pretrained)
+    return FrozenViT(clip.visual, identity, with_projection=with_projection)

@@ -1,0 +1,221 @@
+"""Decoding frames from rawframe folders (JPEG) and from video files (decord).
+
+Both return the unique frames a set of clips needs, decoded once, plus each clip's positions into
+them: ``frames`` is ``(U, 3, H, W)`` uint8 and ``clip_positions[j]`` indexes the ``t`` frames of clip
+``j`` (so ``frames[clip_positions[j]]`` is ``(t, 3, H, W)``).
+
+decord can hang (an infinite loop holding the GIL when a container over-reports its frame count,
+decord#373) or crash on a broken file. :class:`IsolatedVideoReader` therefore decodes in a
+persistent helper process with a time-out: a hang or crash costs that process, which is replaced,
+and surfaces here as a :class:`DecodeError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from s4v_data.sampling import ClipPlan
+
+__all__ = [
+    "DecodeError",
+    "IsolatedVideoReader",
+    "count_frames",
+    "decode_rawframes",
+    "decode_video",
+]
+
+_HEADER = struct.Struct(">Q")  # length prefix of every message to and from the decoder process
+_SERVER = Path(__file__).with_name("_decode_server.py")
+
+
+class DecodeError(RuntimeError):
+    """A video or frame folder could not be decoded; the message starts with its path."""
+
+
+def _unique_positions(clips: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
+    unique = sorted({i for clip in clips for i in clip})
+    where = {index: pos for pos, index in enumerate(unique)}
+    return unique, [[where[i] for i in clip] for clip in clips]
+
+
+def count_frames(frame_dir: str | Path) -> int:
+    """Number of files in a rawframe folder (the reference counts the folder, not the list)."""
+    try:
+        return len(os.listdir(frame_dir))
+    except OSError as e:
+        raise DecodeError(f"{frame_dir}: cannot list the frame folder ({e.strerror})") from None
+
+
+def decode_rawframes(
+    frame_dir: str | Path,
+    plan: ClipPlan,
+    template: str,
+    *,
+    num_frames: int | None = None,
+) -> tuple[torch.Tensor, list[list[int]]]:
+    """Decode the frames ``plan`` needs from a rawframe folder.
+
+    Args:
+        frame_dir: folder of frames named by ``template`` (1-based, e.g. ``img_{:05d}.jpg``).
+        plan: which clips to sample.
+        template: frame file name pattern.
+        num_frames: frame count to sample from; None counts the folder.
+
+    Returns:
+        ``(frames (U, 3, H, W) uint8, clip_positions)``.
+    """
+    frame_dir = Path(frame_dir)
+    n = count_frames(frame_dir) if num_frames is None else num_frames
+    if n < 1:
+        raise DecodeError(f"{frame_dir}: the frame folder is empty")
+    unique, positions = _unique_positions(plan.indices(n))
+    frames = []
+    for index in unique:
+        path = frame_dir / template.format(index + 1)
+        try:
+            with Image.open(path) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except OSError as e:  # missing, truncated or not an image
+            raise DecodeError(f"{path}: cannot decode the frame ({e})") from None
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise DecodeError(f"{frame_dir}: frames differ in size {sorted(shapes)}")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(), positions
+
+
+def decode_video(
+    path: str | Path, plan: ClipPlan, *, num_threads: int = 1
+) -> tuple[torch.Tensor, list[list[int]]]:
+    """Decode the frames ``plan`` needs from a video file with decord, in this process.
+
+    Returns:
+        ``(frames (U, 3, H, W) uint8, clip_positions)``.
+    """
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=num_threads)
+        n = len(reader)
+        if n < 1:
+            raise DecodeError(f"{path}: the video has no frames")
+        unique, positions = _unique_positions(plan.indices(n))
+        array = reader.get_batch(unique).asnumpy()  # (U, H, W, 3)
+    except DecodeError:
+        raise
+    except Exception as e:  # decord raises its own and plain runtime errors
+        raise DecodeError(f"{path}: {_first_line(e)}") from None
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), positions
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+class IsolatedVideoReader:
+    """Decodes videos with decord in a helper process, with a time-out per request.
+
+    The helper is started on first use in the process that uses it (a DataLoader worker gets its
+    own) and reused for every video. A hang past ``timeout`` seconds or a crash of the helper raises
+    :class:`DecodeError`; the next call starts a fresh helper. Picklable (the helper is not copied).
+    """
+
+    def __init__(self, *, timeout: float = 30.0, num_threads: int = 1) -> None:
+        self.timeout = timeout
+        self.num_threads = num_threads
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = 0  # pid that started the helper
+
+    def __getstate__(self) -> dict[str, float | int]:
+        return {"timeout": self.timeout, "num_threads": self.num_threads}
+
+    def __setstate__(self, state: dict[str, float | int]) -> None:
+        self.__init__(timeout=float(state["timeout"]), num_threads=int(state["num_threads"]))
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the helper process (it also exits by itself when this process ends)."""
+        proc, self._proc = getattr(self, "_proc", None), None
+        if proc is not None and self._owner == os.getpid():
+            proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+    def decode(self, path: str | Path, plan: ClipPlan) -> tuple[torch.Tensor, list[list[int]]]:
+        """Like :func:`decode_video`, in the helper process. Returns ``(frames, clip_positions)``."""
+        n = self._request(path, ("open", str(path), self.num_threads))
+        if n < 1:
+            raise DecodeError(f"{path}: the video has no frames")
+        unique, positions = _unique_positions(plan.indices(n))
+        array = self._request(path, ("get", unique))
+        return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), positions
+
+    def _helper(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._owner != os.getpid():
+            self._proc = subprocess.Popen(
+                [sys.executable, str(_SERVER), str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,  # ffmpeg's complaints; errors come back as messages
+            )
+            self._owner = os.getpid()
+        return self._proc
+
+    def _request(self, path: str | Path, message: tuple) -> np.ndarray | int:
+        proc = self._helper()
+        assert proc.stdin is not None and proc.stdout is not None
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            proc.stdin.write(_HEADER.pack(len(payload)) + payload)
+            proc.stdin.flush()
+            reply = _read_message(proc.stdout.fileno(), time.monotonic() + self.timeout)
+        except TimeoutError:
+            self.close()
+            raise DecodeError(
+                f"{path}: decoding timed out after {self.timeout:g} s (helper process killed)"
+            ) from None
+        except (EOFError, BrokenPipeError):
+            code = proc.wait()
+            self._proc = None
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            raise DecodeError(f"{path}: the decoder process died ({how})") from None
+        status, value = pickle.loads(reply)
+        if status != "ok":
+            raise DecodeError(f"{path}: {value}")
+        return value
+
+
+def _read_exactly(fd: int, size: int, deadline: float) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_message(fd: int, deadline: float) -> bytes:
+    (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, deadline))
+    return _read_exactly(fd, size, deadline)

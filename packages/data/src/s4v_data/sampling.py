@@ -1,0 +1,137 @@
+"""Sparse (TSN-style) frame sampling as in the Side4Video reference (spec section 3.2).
+
+``n`` is the number of frames of a video, ``t`` the number of frames a clip takes. Every function
+returns 0-based frame indices in ``[0, n)`` in temporal order (frame files are 1-based: index ``i``
+is file number ``i + 1``). ``round`` is Python's round-half-to-even, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from s4v_data.specs import SamplingFamily
+
+__all__ = [
+    "ClipPlan",
+    "kinetics_test",
+    "kinetics_train",
+    "kinetics_val",
+    "sample_indices",
+    "sth_test",
+    "sth_train",
+    "sth_val",
+]
+
+Mode = Literal["train", "val", "test"]
+
+
+def _check(n: int, t: int) -> None:
+    if n < 1:
+        raise ValueError(f"a video needs at least one frame, got n={n}")
+    if t < 1:
+        raise ValueError(f"a clip needs at least one frame, got t={t}")
+
+
+def sth_train(n: int, t: int, rng: random.Random) -> list[int]:
+    """Something-Something train: one random frame inside each of ``t`` equal segments.
+
+    Segment ``i`` spans ``[i*n//t, (i+1)*n//t)``. A video with ``n <= t`` frames gives all its
+    frames plus ``t - n`` random repeats, sorted.
+    """
+    _check(n, t)
+    if n <= t:
+        return sorted([*range(n), *(rng.randrange(n) for _ in range(t - n))])
+    return [rng.randrange(i * n // t, (i + 1) * n // t) for i in range(t)]
+
+
+def kinetics_train(n: int, t: int, rng: random.Random) -> list[int]:
+    """Kinetics train: with ``s = (n-1)/t``, frame ``i`` is uniform in ``[round(s*i), round(s*(i+1))]``."""
+    _check(n, t)
+    s = (n - 1) / t
+    return [rng.randint(round(s * i), round(s * (i + 1))) for i in range(t)]
+
+
+def sth_val(n: int, t: int) -> list[int]:
+    """Something-Something val: with ``s = (n-1)/t``, frame ``i`` is ``round(s*i) + floor(s/2)``."""
+    _check(n, t)
+    s = (n - 1) / t
+    return [round(s * i) + math.floor(s / 2) for i in range(t)]
+
+
+def kinetics_val(n: int, t: int) -> list[int]:
+    """Kinetics val: the start of each segment, ``floor(i*n/t)``."""
+    _check(n, t)
+    return [i * n // t for i in range(t)]
+
+
+def sth_test(n: int, t: int, clips: int) -> list[list[int]]:
+    """Something-Something k-clip test: clip ``j`` takes ``round(s*i) + floor(d*(j+1))``.
+
+    ``s = (n-1)/t`` and ``d = s/(clips+1)``, so the clips are shifted evenly inside the segments.
+    """
+    _check(n, t)
+    s = (n - 1) / t
+    d = s / (clips + 1)
+    return [[round(s * i) + math.floor(d * (j + 1)) for i in range(t)] for j in range(clips)]
+
+
+def kinetics_test(n: int, t: int, clips: int) -> list[list[int]]:
+    """Kinetics k-clip test: ``tick = n/t``; clip ``j`` starts at ``int(linspace(0, tick-1, k)[j])``.
+
+    Frame ``i`` of a clip is ``floor(start + tick*i) mod n``. The start offsets truncate toward
+    zero (NumPy 1.x ``linspace(..., dtype=int)``, which the reference ran with).
+    """
+    _check(n, t)
+    tick = n / t
+    # a single clip starts at 0 (linspace with one point)
+    starts = [int(j * (tick - 1) / (clips - 1)) for j in range(clips)] if clips > 1 else [0]
+    return [[math.floor(start + tick * i) % n for i in range(t)] for start in starts]
+
+
+def sample_indices(
+    family: SamplingFamily,
+    mode: Mode,
+    n: int,
+    t: int,
+    *,
+    rng: random.Random | None = None,
+    clips: int = 1,
+) -> list[list[int]]:
+    """Frame indices of the clips of one video: one clip for train/val, ``clips`` for test.
+
+    Args:
+        family: ``"sth"`` (Something-Something) or ``"kinetics"`` formulas.
+        mode: ``"train"`` (random, needs ``rng``), ``"val"`` or ``"test"`` (deterministic).
+        n: frames in the video; t: frames per clip; clips: temporal clips in test mode.
+    """
+    if mode == "train":
+        if rng is None:
+            raise ValueError("train sampling needs a random generator")
+        sample = sth_train if family == "sth" else kinetics_train
+        return [sample(n, t, rng)]
+    if mode == "val":
+        return [sth_val(n, t) if family == "sth" else kinetics_val(n, t)]
+    if mode == "test":
+        if clips < 1:
+            raise ValueError(f"test sampling needs clips >= 1, got {clips}")
+        return sth_test(n, t, clips) if family == "sth" else kinetics_test(n, t, clips)
+    raise ValueError(f"unknown sampling mode {mode!r}; expected 'train', 'val' or 'test'")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClipPlan:
+    """What to sample from a video whose length is not known yet (picklable, for a decoder process)."""
+
+    family: SamplingFamily
+    mode: Mode
+    num_frames: int  # frames per clip (t)
+    clips: int = 1  # temporal clips in test mode
+    seed: int | None = None  # seeds the random train sampling
+
+    def indices(self, n: int) -> list[list[int]]:
+        """Frame indices of each clip for a video of ``n`` frames."""
+        rng = random.Random(self.seed) if self.mode == "train" else None
+        return sample_indices(self.family, self.mode, n, self.num_frames, rng=rng, clips=self.clips)
