@@ -21,7 +21,7 @@ from s4v_data.retrieval import (
     read_msrvtt,
     read_msvd,
     read_vatex,
-    sample_indices,
+    sample_retrieval_indices,
     segment_centre_indices,
     uniform_stride_indices,
 )
@@ -174,7 +174,7 @@ def test_segment_centres() -> None:
 
 @pytest.mark.parametrize("strategy", ["random-segment", "uniform-stride", "segment-centre"])
 def test_short_videos_repeat_frames_evenly_and_every_clip_has_t_frames(strategy: str) -> None:
-    idx = sample_indices(strategy, 5, 12, random.Random(0))
+    idx = sample_retrieval_indices(strategy, 5, 12, random.Random(0))
     assert len(idx) == 12
     assert idx == sorted(idx)
     assert set(idx) == set(range(5))
@@ -182,4 +182,4 @@ def test_short_videos_repeat_frames_evenly_and_every_clip_has_t_frames(strategy:
 
 def test_unknown_sampling_is_reported() -> None:
     with pytest.raises(ValueError, match="unknown sampling"):
-        sample_indices("dense", 10, 4)
+        sample_retrieval_indices("dense", 10, 4)

@@ -124,7 +124,9 @@ class RetrievalSideNetwork(nn.Module):
         self.taps = nn.ModuleList(SideTap(backbone_width, c) for _ in self.side_layers)
         for tap in self.taps:
             _bert_init(tap.proj)
-        self.blocks = nn.ModuleList(RetrievalSideBlock(config, num_frames) for _ in self.side_layers)
+        self.blocks = nn.ModuleList(
+            RetrievalSideBlock(config, num_frames) for _ in self.side_layers
+        )
         self.post_norm = TokenBatchNorm(c)
 
     @property

@@ -19,6 +19,16 @@ from s4v_data.annotations import (
 )
 from s4v_data.dataset import SkipBadSamples, VideoClipDataset, collate_clips, make_loader
 from s4v_data.decode import DecodeError, IsolatedVideoReader, decode_rawframes, decode_video
+from s4v_data.retrieval import (
+    RETRIEVAL_LAYOUTS,
+    CaptionedVideos,
+    RetrievalLayout,
+    read_msrvtt,
+    read_msvd,
+    read_synthetic,
+    read_vatex,
+)
+from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
 from s4v_data.sampling import ClipPlan, sample_indices
 from s4v_data.specs import DATASETS, DatasetSpec
 from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
@@ -27,15 +37,20 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DATASETS",
+    "RETRIEVAL_LAYOUTS",
     "AnnotationError",
+    "CaptionedVideos",
     "ClipPlan",
     "ClipTransform",
     "DatasetSpec",
     "DecodeError",
     "IsolatedVideoReader",
+    "RetrievalLayout",
+    "RetrievalVideos",
     "SkipBadSamples",
     "VideoClipDataset",
     "VideoRecord",
+    "VideoTextPairs",
     "check_labels",
     "collate_clips",
     "decode_rawframes",
@@ -43,7 +58,11 @@ __all__ = [
     "make_loader",
     "read_labels",
     "read_list",
+    "read_msrvtt",
+    "read_msvd",
     "read_rawframe_list",
+    "read_synthetic",
+    "read_vatex",
     "read_video_list",
     "sample_indices",
     "write_labels",

@@ -11,6 +11,8 @@ CLIP4Clip's data layouts, which the field reuses verbatim:
   list of token lists; a caption is its tokens joined by spaces). Many captions per video.
 * **VATEX**: ``{train,val,test}_list.txt`` and ``vatex_data.json`` (video id -> ``{"enCap": [...]}``).
   Many captions per video.
+* **synthetic**: the captioned set of ``s4v_data.synthetic.generate(captions=True)``
+  (``captions.json`` and ``{train,val}_ids.txt``), so that demos and tests need no download.
 
 Frames are pre-extracted as ``<frames>/<video_id>/img_%05d.jpg`` (or decoded from the videos). The
 sampling functions implement spec 4.4: a random frame per segment for training (``--strategy 3``),
@@ -33,15 +35,13 @@ from typing import Literal
 
 import numpy as np
 
+from s4v_data.annotations import AnnotationError
+
 DEFAULT_NUM_FRAMES = 12
 DEFAULT_MAX_WORDS = 32
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-class AnnotationError(ValueError):
-    """A retrieval annotation file is missing, malformed or inconsistent; the message names it."""
 
 
 # --- the parsed form -------------------------------------------------------------------------------
@@ -290,9 +290,10 @@ class RetrievalLayout:
 
     name: str
     read: Callable[[Path, Split], CaptionedVideos]  # (annotation root, split) -> captioned videos
-    frame_dir: str  # frames of a video: <frames root>/<frame_dir formatted with split, video_id>
+    # Frame folder / video file of a video relative to the media root; {split} and {video_id}.
+    frame_dir: str
+    video_file: str
     frame_template: str  # file name of frame i (1-based), e.g. img_00001.jpg
-    video_suffix: str  # <videos root>/<video_id><suffix> when decoding videos
     test_sampling: SamplingName  # frame sampling at validation and test time (spec 4.4)
 
 
@@ -303,30 +304,54 @@ def read_msrvtt(root: Path, split: Split) -> CaptionedVideos:
     return read_msrvtt_test(root / "MSRVTT_JSFUSION_test.csv")
 
 
+def read_synthetic(root: Path, split: Split) -> CaptionedVideos:
+    """The captioned synthetic set (``s4v_data.synthetic.generate(captions=True)``).
+
+    ``<root>/<split>_ids.txt`` with captions from ``<root>/captions.json`` (video id -> captions);
+    ``test`` is the ``val`` split (the generator writes two splits).
+    """
+    list_path = root / f"{'val' if split == 'test' else split}_ids.txt"
+    data_json = root / "captions.json"
+    data = _read_json(data_json)
+    if not isinstance(data, dict) or not all(
+        isinstance(caps, list) and all(isinstance(c, str) for c in caps) for caps in data.values()
+    ):
+        raise AnnotationError(f"{data_json}: expected an object of video id -> list of captions")
+    return _captions_for(read_id_list(list_path), data, list_path, data_json)
+
+
 RETRIEVAL_LAYOUTS: dict[str, RetrievalLayout] = {
     "msrvtt": RetrievalLayout(
         name="msrvtt",
         read=read_msrvtt,
         frame_dir="{video_id}",
+        video_file="{video_id}.mp4",
         frame_template="img_{:05d}.jpg",
-        video_suffix=".mp4",
         test_sampling="uniform-stride",
     ),
     "msvd": RetrievalLayout(
         name="msvd",
         read=read_msvd,
         frame_dir="{video_id}",
+        video_file="{video_id}.avi",
         frame_template="img_{:05d}.jpg",
-        video_suffix=".avi",
         test_sampling="uniform-stride",
     ),
     "vatex": RetrievalLayout(
         name="vatex",
         read=read_vatex,
         frame_dir="{split}_video/{video_id}",
+        video_file="{split}_video/{video_id}.mp4",
         frame_template="img_{:05d}.jpg",
-        video_suffix=".mp4",
         test_sampling="segment-centre",
+    ),
+    "synthetic": RetrievalLayout(
+        name="synthetic",
+        read=read_synthetic,
+        frame_dir="rawframes/{video_id}",
+        video_file="videos/{video_id}.mp4",
+        frame_template="img_{:05d}.jpg",
+        test_sampling="uniform-stride",
     ),
 }
 
@@ -375,7 +400,7 @@ def uniform_stride_indices(num_total: int, num_frames: int) -> list[int]:
     return picked[keep].tolist()
 
 
-def sample_indices(
+def sample_retrieval_indices(
     strategy: SamplingName, num_total: int, num_frames: int, rng: random.Random | None = None
 ) -> list[int]:
     """0-based frame indices for one clip under a named strategy (``rng`` for random-segment)."""
