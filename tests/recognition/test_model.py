@@ -130,7 +130,7 @@ def test_trainable_state_round_trips_without_backbone_weights() -> None:
 def test_loading_a_state_that_does_not_fit_names_the_key() -> None:
     model = build_model("tiny", K)
     state = model.trainable_state_dict()
-    state["head.weight"] = torch.zeros(K + 1, 64)
+    state["head.weight"] = torch.zeros(K + 1, 128)
     with pytest.raises(ValueError, match=r"head\.weight"):
         model.load_trainable_state_dict(state)
     del state["head.weight"]
@@ -150,9 +150,9 @@ def test_bad_arguments_get_clear_errors() -> None:
 
 
 def test_overrides_change_frames_and_side_width() -> None:
-    model = build_model("tiny", K, num_frames=4, side_dim=96, dropout=0.5)
+    model = build_model("tiny", K, num_frames=4, side_dim=192, dropout=0.5)
     assert isinstance(model, VideoClassifier)
-    assert model.num_frames == 4 and model.head.in_features == 96
+    assert model.num_frames == 4 and model.head.in_features == 192
     assert model(_frames(frames=4)).shape == (2, K)
 
 

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import convert as convert_command
+from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
 app = typer.Typer(
@@ -23,6 +25,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
+
+app.command("models")(models_command.models)
+app.add_typer(convert_command.app, name="convert")
 
 
 @app.callback()

@@ -17,6 +17,7 @@ import logging
 import warnings
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -41,6 +42,34 @@ def register_model_configs() -> None:
         open_clip.add_model_config(Path(config_dir))
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ViTGeometry:
+    """What the side network needs to know about a ViT, read from its open_clip config."""
+
+    width: int  # D
+    num_layers: int  # L
+    patch_size: int  # p
+    image_size: int
+    grid: tuple[int, int]  # (h, w) patches; N = h * w
+
+
+def vit_geometry(name: str) -> ViTGeometry:
+    """The geometry of open_clip ViT ``name`` without building it."""
+    register_model_configs()
+    config = open_clip.get_model_config(name)
+    vision = (config or {}).get("vision_cfg", {})
+    if not isinstance(vision.get("layers"), int) or "timm_model_name" in vision:
+        raise ValueError(f"{name!r} is not an open_clip ViT config")
+    image, patch = vision.get("image_size", 224), vision.get("patch_size", 16)
+    return ViTGeometry(
+        width=vision.get("width", 768),
+        num_layers=vision["layers"],
+        patch_size=patch,
+        image_size=image,
+        grid=(image // patch, image // patch),
+    )
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -61,8 +90,9 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read CLIP weights from a local file without unpickling arbitrary objects.
 
     Accepts OpenAI's TorchScript archives (read with ``torch.jit.load``, which runs no Python
-    pickle), and ``torch.save`` files holding a state dict, optionally under a ``state_dict`` key
-    and with a DDP ``module.`` prefix (read with ``torch.load(weights_only=True)``).
+    pickle), and ``torch.save`` files holding a state dict, optionally under a ``state_dict`` or
+    ``model_state_dict`` key (released Side4Video checkpoints) and with a DDP ``module.`` prefix
+    (read with ``torch.load(weights_only=True)``).
 
     Raises:
         ValueError: when the file holds no tensor state dict.
@@ -79,8 +109,9 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise ValueError(f"{path}: not a readable weights file ({error})") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     state = {key.removeprefix("module."): value for key, value in state.items()}
@@ -89,10 +120,19 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``module.load_state_dict(state)`` with an error that names the offending keys and shapes."""
+def load_weights_strict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    *,
+    may_miss: tuple[str, ...] = (),
+) -> None:
+    """``module.load_state_dict(state)`` with an error that names the offending keys and shapes.
+
+    Keys in ``may_miss`` may be absent from ``state`` (they keep their current values).
+    """
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - set(may_miss))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
         f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
@@ -108,16 +148,35 @@ def load_weights_strict(module: nn.Module, state: dict[str, torch.Tensor], sourc
         problems.append(f"wrong shapes {mismatched[:5]}")
     if problems:
         raise ValueError(f"{source}: weights do not fit the model: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=False)
 
 
-def create_clip(name: str, pretrained: str | None = None) -> tuple[open_clip.CLIP, dict]:
+def _is_side4video_release(state: dict[str, torch.Tensor]) -> bool:
+    return "visual.side_conv1.weight" in state
+
+
+def _release_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The frozen ViT's tensors of a released Side4Video checkpoint (which shares CLIP's names)."""
+    side_parts = ("side_conv1", "side_pre_bn3d", "side_post_bn", "transformer.side_")
+    return {
+        key: value
+        for key, value in state.items()
+        if key.startswith("visual.") and not key.removeprefix("visual.").startswith(side_parts)
+    }
+
+
+def create_clip(
+    name: str, pretrained: str | None = None, *, need_projection: bool = True
+) -> tuple[open_clip.CLIP, dict]:
     """Build an open_clip CLIP (vision and text towers) and load its weights.
 
     Args:
         name: open_clip model name (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``s4v-tiny``, ...).
         pretrained: an open_clip pretrained tag, a path to a local weights file, or None for
-            random weights. A local file may hold the whole CLIP or only the ``visual.`` tower.
+            random weights. A local file may hold the whole CLIP, only its ``visual.`` tower, or
+            be a released Side4Video checkpoint (whose frozen ViT is then used).
+        need_projection: whether the image tower's ``ln_post`` and ``proj`` must be loaded too
+            (a Side4Video checkpoint does not have them).
 
     Returns:
         The model (eval mode, fp32, on the CPU) and its identity
@@ -130,9 +189,12 @@ def create_clip(name: str, pretrained: str | None = None) -> tuple[open_clip.CLI
     if pretrained is not None and Path(pretrained).is_file():
         model = open_clip.create_model(name, pretrained=None)
         state = read_clip_state_dict(pretrained)
+        if _is_side4video_release(state):
+            state = _release_backbone(state)
         if all(key.startswith("visual.") for key in state):
             visual_state = {key.removeprefix("visual."): value for key, value in state.items()}
-            load_weights_strict(model.visual, visual_state, str(pretrained))
+            head = () if need_projection else ("ln_post.weight", "ln_post.bias", "proj")
+            load_weights_strict(model.visual, visual_state, str(pretrained), may_miss=head)
         else:
             load_weights_strict(model, state, str(pretrained))
         identity["sha256"] = file_sha256(pretrained)
@@ -242,5 +304,5 @@ def build_backbone(
     name: str, pretrained: str | None = None, *, with_projection: bool = False
 ) -> FrozenViT:
     """A frozen CLIP ViT: open_clip ``name`` with weights from ``pretrained`` (tag, file or None)."""
-    clip, identity = create_clip(name, pretrained)
+    clip, identity = create_clip(name, pretrained, need_projection=with_projection)
     return FrozenViT(clip.visual, identity, with_projection=with_projection)

@@ -1,13 +1,23 @@
 """s4v_recognition: Side4Video action recognition models, presets and checkpoint import."""
 
+from s4v_recognition.checkpoints import (
+    REFERENCE_KEYS,
+    convert_side4video_checkpoint,
+    load_converted_checkpoint,
+    load_side4video_checkpoint,
+)
 from s4v_recognition.model import VideoClassifier, build_model
 from s4v_recognition.presets import METHODS, PRESETS, RecognitionPreset, get_preset
 
 __all__ = [
     "METHODS",
     "PRESETS",
+    "REFERENCE_KEYS",
     "RecognitionPreset",
     "VideoClassifier",
     "build_model",
+    "convert_side4video_checkpoint",
     "get_preset",
+    "load_converted_checkpoint",
+    "load_side4video_checkpoint",
 ]

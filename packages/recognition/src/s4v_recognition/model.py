@@ -95,6 +95,10 @@ class VideoClassifier(nn.Module):
         """``{"name", "pretrained", "sha256"}`` of the CLIP weights the encoder started from."""
         return dict(self._backbone_identity)
 
+    def set_backbone_identity(self, identity: dict) -> None:
+        """Record where the backbone's weights came from when they are loaded after building."""
+        self._backbone_identity = dict(identity)
+
     @property
     def num_frames(self) -> int:
         return self.preset.num_frames

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from s4v_core.backbone import vit_geometry
+from s4v_core.side import SideNetwork, SideNetworkConfig
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RecognitionPreset:
@@ -69,14 +74,35 @@ PRESETS: dict[str, RecognitionPreset] = {
         backbone="s4v-tiny",
         pretrained=None,
         num_frames=8,
-        side_dim=64,
+        side_dim=128,  # two heads of 64, like every reference config has C // 64 heads
         image_size=32,
-        head_dim=32,
         description="tiny Side4Video on the 32 px s4v-tiny ViT, for tests and demos",
     ),
 }
 
 METHODS = ("side4video", "linear-probe", "full-finetune")
+
+
+def side4video_trainable_parameters(name: str, num_classes: int) -> int:
+    """Trainable parameters of preset ``name``'s side4video model with a K-way head.
+
+    Counted on the meta device: nothing is allocated and no backbone is built.
+    """
+    spec = get_preset(name)
+    geometry = vit_geometry(spec.backbone)
+    with torch.device("meta"):
+        side = SideNetwork(
+            SideNetworkConfig(
+                side_dim=spec.side_dim, head_dim=spec.head_dim, side_layers=spec.side_layers
+            ),
+            backbone_width=geometry.width,
+            num_layers=geometry.num_layers,
+            patch_size=geometry.patch_size,
+            grid=geometry.grid,
+            num_frames=spec.num_frames,
+        )
+    head = spec.side_dim * num_classes + num_classes
+    return sum(p.numel() for p in side.parameters()) + head
 
 
 def get_preset(name: str) -> RecognitionPreset:

@@ -1,0 +1,54 @@
+"""``s4v convert side4video``: import a released Side4Video checkpoint as an s4v model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="Convert checkpoints from other code bases into s4v files.", no_args_is_help=True
+)
+
+
+@app.command()
+def side4video(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="The released checkpoint (model_best.pt of github.com/HJYao00/Side4Video).",
+            dir_okay=False,
+        ),
+    ],
+    target: Annotated[Path, typer.Argument(help="Where to write the s4v file.", dir_okay=False)],
+    preset: Annotated[
+        str,
+        typer.Option(help="The matching s4v preset, e.g. side4video-b16 (see `s4v models`)."),
+    ],
+    num_classes: Annotated[
+        int,
+        typer.Option(min=1, help="Classes of the checkpoint's head: 174 for SSv1/v2, 400 K400."),
+    ],
+) -> None:
+    """Convert a released Side4Video recognition checkpoint into an s4v checkpoint.
+
+    The file is read with torch.load(weights_only=True); every key is renamed onto s4v's modules and its shape checked. The output holds the side network and head as training runs save them, plus the frozen backbone, so it needs no other file.
+    """
+    from s4v_recognition import convert_side4video_checkpoint
+
+    try:
+        model = convert_side4video_checkpoint(source, target, preset, num_classes)
+    except (ValueError, FileNotFoundError) as error:
+        err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    console.print(f"[bold]wrote[/bold] {target}", highlight=False)
+    console.print(f"  preset      {preset} ({model.preset.backbone}, {model.num_frames} frames)")
+    console.print(f"  classes     {num_classes}")
+    console.print(f"  trainable   {trainable:,} parameters")
+    console.print(f"  source      {source} (sha256 {model.backbone_identity['sha256'][:16]}...)")

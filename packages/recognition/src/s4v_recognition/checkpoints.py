@@ -1,0 +1,261 @@
+"""Model files: importing released Side4Video checkpoints, saving and loading s4v models.
+
+Released recognition checkpoints (github.com/HJYao00/Side4Video @ 5d72352, ``model_best.pt``) are
+``torch.save`` dicts ``{"epoch", "model_state_dict", "optimizer_state_dict"}`` whose
+``model_state_dict`` holds the reference wrapper's ``visual.*`` (CLIP ViT with the side network
+inside) and ``fc.*`` (head) tensors, possibly with a DDP ``module.`` prefix (spec section 8).
+:data:`REFERENCE_KEYS` maps every one of them onto this package's module names. The files come from
+the internet, so they are read with ``torch.load(weights_only=True)``: tensors and plain
+containers only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from s4v_core.backbone import file_sha256
+from s4v_recognition.model import VideoClassifier, build_model
+from s4v_recognition.presets import RecognitionPreset
+
+logger = logging.getLogger(__name__)
+
+# The layout of s4v checkpoints (shared with training runs' best.pt / last.pt).
+CHECKPOINT_FORMAT = "s4v-checkpoint"
+CHECKPOINT_VERSION = 1
+
+# Reference key pattern -> s4v key pattern. "{i}" is a backbone layer; on the s4v side, "{s}" is
+# the position of that layer among the layers with a side block. Reshaped tensors are listed in
+# _RESHAPED (1x1x1 Conv3d weights (C, C, 1, 1, 1) become Linear weights (C, C)).
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_WB = ("weight", "bias")
+_FROZEN_KEYS: list[tuple[str, str]] = [
+    ("visual.class_embedding", "encoder.backbone.class_embedding"),
+    ("visual.positional_embedding", "encoder.backbone.positional_embedding"),
+    ("visual.conv1.weight", "encoder.backbone.conv1.weight"),
+    *[(f"visual.ln_pre.{p}", f"encoder.backbone.ln_pre.{p}") for p in _WB],
+    *[
+        (f"visual.transformer.resblocks.{{i}}.{name}", f"encoder.backbone.blocks.{{i}}.{name}")
+        for name in (
+            "ln_1.weight",
+            "ln_1.bias",
+            "attn.in_proj_weight",
+            "attn.in_proj_bias",
+            "attn.out_proj.weight",
+            "attn.out_proj.bias",
+            "ln_2.weight",
+            "ln_2.bias",
+            "mlp.c_fc.weight",
+            "mlp.c_fc.bias",
+            "mlp.c_proj.weight",
+            "mlp.c_proj.bias",
+        )
+    ],
+]
+_SIDE_BLOCK = "visual.transformer.side_transformer.{i}"
+_OUR_BLOCK = "encoder.side.blocks.{s}"
+_TRAINABLE_KEYS: list[tuple[str, str]] = [
+    *[(f"visual.side_conv1.{p}", f"encoder.side.stem.conv.{p}") for p in _WB],
+    *[(f"visual.side_pre_bn3d.{p}", f"encoder.side.stem.norm.{p}") for p in _BN],
+    ("visual.transformer.side_spatial_position_embeddings", "encoder.side.pos_embed"),
+    *[(f"visual.transformer.side_lns.{{i}}.{p}", f"encoder.side.taps.{{s}}.norm.{p}") for p in _WB],
+    *[
+        (f"visual.transformer.side_linears.{{i}}.{p}", f"encoder.side.taps.{{s}}.proj.{p}")
+        for p in _WB
+    ],
+    *[(f"{_SIDE_BLOCK}.bn_1.{p}", f"{_OUR_BLOCK}.temporal.norm.{p}") for p in _BN],
+    *[(f"{_SIDE_BLOCK}.conv.0.{p}", f"{_OUR_BLOCK}.temporal.conv_in.{p}") for p in _WB],
+    *[(f"{_SIDE_BLOCK}.conv.1.{p}", f"{_OUR_BLOCK}.temporal.conv_dw.{p}") for p in _WB],
+    *[(f"{_SIDE_BLOCK}.conv.2.{p}", f"{_OUR_BLOCK}.temporal.conv_out.{p}") for p in _WB],
+    *[(f"{_SIDE_BLOCK}.ln_1.{p}", f"{_OUR_BLOCK}.attn.norm.{p}") for p in _WB],
+    (f"{_SIDE_BLOCK}.attn.in_proj_weight", f"{_OUR_BLOCK}.attn.qkv.weight"),
+    (f"{_SIDE_BLOCK}.attn.in_proj_bias", f"{_OUR_BLOCK}.attn.qkv.bias"),
+    *[(f"{_SIDE_BLOCK}.attn.out_proj.{p}", f"{_OUR_BLOCK}.attn.out_proj.{p}") for p in _WB],
+    *[(f"{_SIDE_BLOCK}.bn_2.{p}", f"{_OUR_BLOCK}.mlp.norm.{p}") for p in _BN],
+    *[(f"{_SIDE_BLOCK}.mlp.fc1.{p}", f"{_OUR_BLOCK}.mlp.fc1.{p}") for p in _WB],
+    *[(f"{_SIDE_BLOCK}.mlp.fc2.{p}", f"{_OUR_BLOCK}.mlp.fc2.{p}") for p in _WB],
+    *[(f"visual.side_post_bn.{p}", f"encoder.side.post_norm.{p}") for p in _BN],
+    *[(f"fc.{p}", f"head.{p}") for p in _WB],
+]
+REFERENCE_KEYS: list[tuple[str, str]] = _FROZEN_KEYS + _TRAINABLE_KEYS
+_RESHAPED = {"temporal.conv_in.weight", "temporal.conv_out.weight"}
+
+
+def reference_key_map(model: VideoClassifier) -> dict[str, str]:
+    """Every reference key for ``model``'s depth and side layers -> the model's own key."""
+    if model.method != "side4video":
+        raise ValueError(
+            f"released Side4Video checkpoints hold side4video models, not {model.method}"
+        )
+    side = model.encoder.side
+    slots = {layer: slot for slot, layer in enumerate(side.side_layers)}
+    mapping = {}
+    for ours_is_trainable, pairs in ((False, _FROZEN_KEYS), (True, _TRAINABLE_KEYS)):
+        for reference, ours in pairs:
+            if "{i}" not in reference:
+                mapping[reference] = ours
+                continue
+            for layer in range(side.num_layers):
+                if ours_is_trainable and layer not in slots:
+                    continue
+                mapping[reference.format(i=layer)] = ours.format(i=layer, s=slots.get(layer))
+    return mapping
+
+
+def _read_reference_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"{path}: not a torch checkpoint of tensors (weights_only=True refused it: {error})"
+        ) from error
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_state_dict"), dict):
+        checkpoint = checkpoint["model_state_dict"]
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise ValueError(f"{path}: expected a dict with 'model_state_dict', got {type(checkpoint)}")
+    state = {}
+    for key, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        state[str(key).removeprefix("module.")] = value
+    return state
+
+
+def convert_reference_state(
+    state: dict[str, torch.Tensor], model: VideoClassifier, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Rename (and reshape) a reference ``model_state_dict`` into ``model``'s ``state_dict`` keys.
+
+    Raises:
+        ValueError: naming the first unknown, missing or wrongly shaped key.
+    """
+    mapping = reference_key_map(model)
+    unknown = sorted(set(state) - set(mapping))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown key {unknown[0]!r} ({len(unknown)} unknown keys) for preset "
+            f"layout with {model.encoder.side.num_layers} layers"
+        )
+    missing = [key for key in mapping if key not in state]
+    if missing:
+        raise ValueError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing keys)")
+    expected = model.state_dict()
+    converted = {}
+    for reference, ours in mapping.items():
+        tensor = state[reference]
+        target = expected[ours].shape
+        if any(ours.endswith(name) for name in _RESHAPED) and tensor.shape == (*target, 1, 1, 1):
+            tensor = tensor.reshape(target)
+        if tensor.shape != target:
+            raise ValueError(
+                f"{source}: key {reference!r} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[ours].shape)}"
+            )
+        converted[ours] = tensor
+    return converted
+
+
+def _load_release(path: Path, preset: str, num_classes: int) -> tuple[VideoClassifier, dict]:
+    state = _read_reference_state(path)
+    if "fc.weight" in state and state["fc.weight"].shape[0] != num_classes:
+        raise ValueError(
+            f"{path}: key 'fc.weight' has {state['fc.weight'].shape[0]} classes, "
+            f"expected num_classes={num_classes}"
+        )
+    model = build_model(preset, num_classes)
+    model.load_state_dict(convert_reference_state(state, model, str(path)), strict=True)
+    # The file supplies every weight, the frozen backbone included: it is the backbone's source,
+    # exactly as if the model had been built with pretrained=path.
+    model.set_backbone_identity(
+        {"name": model.preset.backbone, "pretrained": str(path), "sha256": file_sha256(path)}
+    )
+    return model.eval(), state
+
+
+def load_side4video_checkpoint(path: str | Path, preset: str, num_classes: int) -> VideoClassifier:
+    """Build the ``preset`` side4video model and load a released Side4Video checkpoint into it.
+
+    Args:
+        path: the released file (``{"model_state_dict": ...}`` or a bare state dict).
+        preset: the matching preset, e.g. ``side4video-b16`` for a ViT-B/16 release.
+        num_classes: K of the release's head (174 for Something-Something, 400 for Kinetics).
+
+    Returns:
+        The model in eval mode; its ``backbone_identity`` names ``path`` and its SHA-256, and
+        ``build_model(preset, num_classes, pretrained=path)`` rebuilds the same backbone.
+
+    Raises:
+        ValueError: naming the key, for unknown, missing or wrongly shaped entries, or a file
+            that is not a checkpoint of tensors.
+    """
+    model, _ = _load_release(Path(path), preset, num_classes)
+    logger.info("loaded Side4Video checkpoint %s into preset %s", path, preset)
+    return model
+
+
+def convert_side4video_checkpoint(
+    source: str | Path, target: str | Path, preset: str, num_classes: int
+) -> VideoClassifier:
+    """Convert a released checkpoint into a self-contained s4v model file.
+
+    The file is an s4v checkpoint (``format``, ``version``, ``task``, ``backbone``, ``model``
+    as written by training runs) plus what is needed to rebuild the model without anything else:
+    ``preset``, ``method``, ``num_classes``, ``settings`` and the frozen backbone's weights in
+    ``backbone_state_dict``. Read it back with :func:`load_converted_checkpoint`.
+    """
+    source, target = Path(source), Path(target)
+    model, _ = _load_release(source, preset, num_classes)
+    trainable = model.trainable_state_dict()
+    frozen = {k: v for k, v in model.state_dict().items() if k not in trainable}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "task": "recognition",
+            "preset": preset,
+            "method": model.method,
+            "num_classes": num_classes,
+            "settings": _settings(model.preset),
+            "backbone": model.backbone_identity,
+            "model": trainable,
+            "backbone_state_dict": frozen,
+            "converted_from": {"path": str(source), "sha256": model.backbone_identity["sha256"]},
+        },
+        target,
+    )
+    logger.info("converted %s -> %s", source, target)
+    return model
+
+
+def _settings(spec: RecognitionPreset) -> dict:
+    return {k: v for k, v in asdict(spec).items() if k in ("num_frames", "side_dim", "dropout")}
+
+
+def load_converted_checkpoint(path: str | Path) -> VideoClassifier:
+    """The model saved by :func:`convert_side4video_checkpoint`, in eval mode."""
+    path = Path(path)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable s4v checkpoint ({error})") from error
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an s4v checkpoint (format {CHECKPOINT_FORMAT!r})")
+    if "backbone_state_dict" not in saved:
+        raise ValueError(f"{path}: holds no backbone weights; it is not a converted release")
+    model = build_model(
+        saved["preset"], saved["num_classes"], method=saved["method"], **saved["settings"]
+    )
+    frozen = saved["backbone_state_dict"]
+    unknown = sorted(set(frozen) - set(model.state_dict()))
+    if unknown:
+        raise ValueError(f"{path}: unknown backbone key {unknown[0]!r}")
+    model.load_trainable_state_dict(saved["model"])
+    model.load_state_dict(frozen, strict=False)
+    model.set_backbone_identity(saved["backbone"])
+    return model.eval()
