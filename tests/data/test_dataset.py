@@ -175,8 +175,8 @@ def test_isolated_reader_reports_a_killed_helper(tiny_synthetic) -> None:
     plan = ClipPlan(family="sth", mode="val", num_frames=4)
     good = tiny_synthetic.root / tiny_synthetic.val_video_list.read_text().split()[0]
     reader.decode(good, plan)
-    reader._proc.kill()  # stands in for a segfault inside decord
-    reader._proc.wait()
+    reader._helper._proc.kill()  # stands in for a segfault inside decord
+    reader._helper._proc.wait()
     with pytest.raises(DecodeError, match="decoder process died"):
         reader.decode(good, plan)
     assert reader.decode(good, plan)[0].shape[0] == 4  # a fresh helper takes over

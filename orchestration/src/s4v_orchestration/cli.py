@@ -11,6 +11,8 @@ from rich.console import Console
 from s4v_orchestration import __version__
 from s4v_orchestration.commands import convert as convert_command
 from s4v_orchestration.commands import models as models_command
+from s4v_orchestration.commands.bench import bench_app
+from s4v_orchestration.commands.data import data_app
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
 app = typer.Typer(
@@ -28,6 +30,8 @@ console = Console()
 
 app.command("models")(models_command.models)
 app.add_typer(convert_command.app, name="convert")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

@@ -13,20 +13,16 @@ and surfaces here as a :class:`DecodeError` naming the file.
 from __future__ import annotations
 
 import os
-import pickle
-import select
-import signal
-import struct
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from s4v_data._helper import Helper, HelperDied, HelperError, HelperTimeout
+from s4v_data._worker import describe
 from s4v_data.sampling import ClipPlan
 
 __all__ = [
@@ -36,9 +32,6 @@ __all__ = [
     "decode_rawframes",
     "decode_video",
 ]
-
-_HEADER = struct.Struct(">Q")  # length prefix of every message to and from the decoder process
-_SERVER = Path(__file__).with_name("_decode_server.py")
 
 
 class DecodeError(RuntimeError):
@@ -116,13 +109,8 @@ def decode_video(
     except DecodeError:
         raise
     except Exception as e:  # decord raises its own and plain runtime errors
-        raise DecodeError(f"{path}: {_first_line(e)}") from None
+        raise DecodeError(f"{path}: {describe(e)}") from None
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), positions
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 class IsolatedVideoReader:
@@ -136,8 +124,7 @@ class IsolatedVideoReader:
     def __init__(self, *, timeout: float = 30.0, num_threads: int = 1) -> None:
         self.timeout = timeout
         self.num_threads = num_threads
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._owner = 0  # pid that started the helper
+        self._helper = Helper()
 
     def __getstate__(self) -> dict[str, float | int]:
         return {"timeout": self.timeout, "num_threads": self.num_threads}
@@ -150,13 +137,8 @@ class IsolatedVideoReader:
 
     def close(self) -> None:
         """Stop the helper process (it also exits by itself when this process ends)."""
-        proc, self._proc = getattr(self, "_proc", None), None
-        if proc is not None and self._owner == os.getpid():
-            proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
+        if hasattr(self, "_helper"):
+            self._helper.kill()
 
     def decode(self, path: str | Path, plan: ClipPlan) -> tuple[torch.Tensor, list[list[int]]]:
         """Like :func:`decode_video`, in the helper process. Returns ``(frames, clip_positions)``."""
@@ -167,55 +149,12 @@ class IsolatedVideoReader:
         array = self._request(path, ("get", unique))
         return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), positions
 
-    def _helper(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._owner != os.getpid():
-            self._proc = subprocess.Popen(
-                [sys.executable, str(_SERVER), str(os.getpid())],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,  # ffmpeg's complaints; errors come back as messages
-            )
-            self._owner = os.getpid()
-        return self._proc
-
-    def _request(self, path: str | Path, message: tuple) -> np.ndarray | int:
-        proc = self._helper()
-        assert proc.stdin is not None and proc.stdout is not None
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    def _request(self, path: str | Path, message: tuple) -> Any:
         try:
-            proc.stdin.write(_HEADER.pack(len(payload)) + payload)
-            proc.stdin.flush()
-            reply = _read_message(proc.stdout.fileno(), time.monotonic() + self.timeout)
-        except TimeoutError:
-            self.close()
+            return self._helper.request(message, self.timeout)
+        except HelperTimeout:
             raise DecodeError(
                 f"{path}: decoding timed out after {self.timeout:g} s (helper process killed)"
             ) from None
-        except (EOFError, BrokenPipeError):
-            code = proc.wait()
-            self._proc = None
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            raise DecodeError(f"{path}: the decoder process died ({how})") from None
-        status, value = pickle.loads(reply)
-        if status != "ok":
-            raise DecodeError(f"{path}: {value}")
-        return value
-
-
-def _read_exactly(fd: int, size: int, deadline: float) -> bytes:
-    chunks, remaining = [], size
-    while remaining:
-        wait = deadline - time.monotonic()
-        if wait <= 0 or not select.select([fd], [], [], wait)[0]:
-            raise TimeoutError
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_message(fd: int, deadline: float) -> bytes:
-    (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, deadline))
-    return _read_exactly(fd, size, deadline)
+        except (HelperDied, HelperError) as e:
+            raise DecodeError(f"{path}: {e}") from None

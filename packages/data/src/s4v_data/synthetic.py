@@ -260,6 +260,21 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
             container.mux(packet)
 
 
+def _check_decodable(path: Path, size: int) -> None:
+    """decord 0.6.0 mis-sizes frames of some small widths (16, 24, 48, 72 px): refuse those."""
+    import decord
+
+    try:
+        shape = decord.VideoReader(str(path), num_threads=1).get_batch([0]).asnumpy().shape
+    except Exception:  # decord raises its own error types
+        shape = None
+    if shape != (1, size, size, 3):
+        raise ValueError(
+            f"decord cannot decode {size}-pixel-wide H.264 video correctly (a decord 0.6.0 bug "
+            f"with some small widths); choose another size, e.g. 32 or 40"
+        )
+
+
 def _write_dataset(tmp: Path, params: dict) -> None:
     num_frames, size, fps = params["num_frames"], params["size"], params["fps"]
     per_class = params["videos_per_class"]
@@ -275,6 +290,8 @@ def _write_dataset(tmp: Path, params: dict) -> None:
             frames = render_video(class_id, video, num_frames=num_frames, size=size)
             video_id = f"vid_{class_id:02d}_{index:04d}"
             _write_mp4(tmp / "videos" / f"{video_id}.mp4", frames, fps)
+            if class_id == index == 0:
+                _check_decodable(tmp / "videos" / f"{video_id}.mp4", size)
             frame_dir = tmp / "rawframes" / video_id
             frame_dir.mkdir()
             for f, array in enumerate(frames):
