@@ -10,7 +10,9 @@ from rich.console import Console
 
 from s4v_orchestration import __version__
 from s4v_orchestration.commands import convert as convert_command
+from s4v_orchestration.commands import eval as eval_command
 from s4v_orchestration.commands import models as models_command
+from s4v_orchestration.commands import run as run_command
 from s4v_orchestration.commands.bench import bench_app
 from s4v_orchestration.commands.data import data_app
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
@@ -28,9 +30,11 @@ app = typer.Typer(
 )
 console = Console()
 
+app.add_typer(run_command.app, name="run")
+app.add_typer(eval_command.app, name="eval")
+app.add_typer(data_app, name="data")
 app.command("models")(models_command.models)
 app.add_typer(convert_command.app, name="convert")
-app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
 

@@ -1,0 +1,113 @@
+"""Evaluate a saved checkpoint: rebuild its model from the config it stores, test it, report.
+
+Works for checkpoints written by ``s4v run`` and for released Side4Video weights converted by
+``s4v convert side4video`` (same file format). The test is the task's ``final_test``: for
+recognition, ``crops x clips`` views per video averaged after a softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+from s4v_orchestration.config import RunConfig, Shortcut, apply_overrides
+from s4v_orchestration.progress import RunProgress
+from s4v_orchestration.runtime import (
+    close_distributed,
+    init_distributed,
+    local_rank_from_env,
+    resolve_device,
+    seed_everything,
+)
+from s4v_orchestration.tasks import Evaluation, get_task
+from s4v_orchestration.tracking import tracked_run
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationResult:
+    evaluation: Evaluation
+    config: RunConfig
+    out_dir: Path
+    run_id: str | None
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    *,
+    out_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    shortcuts: Sequence[Shortcut] = (),
+    progress: bool = False,
+) -> EvaluationResult:
+    """Test the weights in ``checkpoint`` on its dataset's validation list.
+
+    Args:
+        checkpoint: an s4v checkpoint (``best.pt``, ``last.pt`` or a converted release).
+        out_dir: where the report goes; default ``<checkpoint folder>/eval-<CROPS>x<CLIPS>``.
+        overrides, shortcuts: applied to the config stored in the checkpoint (e.g. the data root,
+            the test views, the device, the tracking store).
+        progress: show progress bars.
+    """
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    for key in ("config", "backbone", "model"):
+        if key not in state:
+            raise CheckpointError(f"{checkpoint} has no {key!r} entry; it cannot be evaluated")
+    config = apply_overrides(state["config"], overrides, shortcuts).with_defaults()
+    views = f"{config.eval.test_crops}x{config.eval.test_clips}"
+    out_dir = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{views}"
+
+    task = get_task(config.task)
+    device = resolve_device(config.device, local_rank_from_env())
+    env = init_distributed(device)
+    try:
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
+        seed_everything(config.seed + env.rank)
+        ui = RunProgress(enabled=progress and env.is_main)
+        if env.is_main:
+            task.prepare_data(config, announce=ui.note, with_train_data=False)
+        env.barrier()
+        parts = task.build(config, with_train_data=False)
+        if parts.backbone_identity != state["backbone"]:
+            raise CheckpointError(
+                f"{checkpoint} was trained on backbone {state['backbone']} but the config builds "
+                f"{parts.backbone_identity}; pass the same weights (--pretrained)"
+            )
+        model = parts.model
+        model.load_trainable_state_dict(state["model"])
+        model.to(device)
+        tags = {
+            "s4v.task": config.task,
+            "s4v.dataset": config.data.dataset,
+            "s4v.kind": "evaluation",
+            "s4v.checkpoint": str(checkpoint.resolve()),
+            "s4v.backbone": str(parts.backbone_identity.get("name")),
+        }
+        if state.get("mlflow_run_id"):
+            tags["s4v.trained_in_run"] = state["mlflow_run_id"]
+        with (
+            tracked_run(
+                enabled=config.tracking.enabled and env.is_main,
+                tracking_uri=config.tracking.uri,
+                experiment=config.tracking.experiment,
+                run_name=f"eval {views} {config.model.preset} {checkpoint.name}",
+                tags=tags,
+                system_metrics=False,
+            ) as tracker,
+            ui,
+        ):
+            evaluation = task.final_test(model, config, parts, device, env, out_dir, track=ui.track)
+            tracker.log_params({"views": views, "checkpoint": str(checkpoint.resolve())})
+            tracker.log_metrics({f"test/{k}": v for k, v in evaluation.metrics.items()}, step=0)
+            for path in evaluation.files:
+                tracker.log_artifact(path, "eval")
+        return EvaluationResult(
+            evaluation=evaluation, config=config, out_dir=out_dir, run_id=tracker.run_id
+        )
+    finally:
+        close_distributed()

@@ -1,0 +1,22 @@
+"""Tasks the training loop can run: ``TASKS[config.task]`` supplies the task-specific parts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts
+from s4v_orchestration.tasks.recognition import RecognitionTask
+
+TASKS: dict[str, Callable[[], Task]] = {
+    "recognition": RecognitionTask,
+}
+
+
+def get_task(name: str) -> Task:
+    """A fresh instance of the task registered under ``name``."""
+    if name not in TASKS:
+        raise ValueError(f"task {name!r} is not available; choose one of {sorted(TASKS)}")
+    return TASKS[name]()
+
+
+__all__ = ["TASKS", "Evaluation", "Task", "TaskParts", "get_task"]

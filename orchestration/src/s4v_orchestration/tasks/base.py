@@ -1,0 +1,100 @@
+"""The per-task seam of the training loop.
+
+``train()`` is the same for every task; what differs (preparing the data, building the model, the
+datasets and their loaders, the loss, evaluation and the final report, and which validation metric
+picks the best checkpoint) lives behind :class:`Task`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from s4v_orchestration.config import RunConfig
+from s4v_orchestration.runtime import DistEnv
+
+# track(iterable, total, description) -> the same items, shown as a progress bar.
+Track = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+
+def no_track(items: Iterable[Any], total: int, description: str) -> Iterable[Any]:
+    return items
+
+
+@dataclass(kw_only=True)
+class TaskParts:
+    """What a task builds for one run."""
+
+    model: nn.Module  # trainable parameters have requires_grad=True; the frozen backbone does not
+    train_data: Dataset | None  # None when built for evaluation only
+    val_data: Dataset
+    backbone_identity: dict[str, Any]  # name, pretrained tag, weights-file hash
+    extra: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints (e.g. class names)
+
+
+@dataclass(kw_only=True)
+class Evaluation:
+    """Metrics of one evaluation pass (unprefixed, e.g. ``top1``) and the report files written."""
+
+    metrics: dict[str, float]
+    files: list[Path] = field(default_factory=list)
+
+
+class Task(Protocol):
+    """Everything task-specific that ``train()`` needs."""
+
+    name: str
+    best_metric: str  # validation metric (higher is better) that selects best.pt, e.g. "top1"
+
+    def prepare_data(
+        self,
+        config: RunConfig,
+        *,
+        announce: Callable[[str], None],
+        with_train_data: bool = True,
+    ) -> None:
+        """Make sure the data exists (generate or check it); runs on rank 0 before ``build``."""
+
+    def build(self, config: RunConfig, *, with_train_data: bool = True) -> TaskParts:
+        """The model (on the CPU) and the datasets (no training set for evaluation only)."""
+
+    def train_loader(
+        self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv
+    ) -> DataLoader:
+        """This rank's training batches for ``epoch`` (a pure function of seed and epoch)."""
+
+    def val_loader(self, parts: TaskParts, config: RunConfig, *, env: DistEnv) -> DataLoader:
+        """This rank's share of the validation set."""
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Training loss of one batch and the number of clips in it."""
+
+    def validate(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        env: DistEnv,
+        *,
+        track: Track = no_track,
+    ) -> dict[str, float]:
+        """Validation metrics over all ranks (unprefixed), identical on every rank."""
+
+    def final_test(
+        self,
+        model: nn.Module,
+        config: RunConfig,
+        parts: TaskParts,
+        device: torch.device,
+        env: DistEnv,
+        out_dir: Path,
+        *,
+        track: Track = no_track,
+    ) -> Evaluation:
+        """The end-of-run test of the best weights; rank 0 writes the report files to ``out_dir``."""

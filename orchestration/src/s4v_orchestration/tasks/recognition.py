@@ -1,0 +1,308 @@
+"""Action recognition: the task-specific parts of a run (data, model, loss, evaluation, report).
+
+Data comes from ``s4v_data`` (clip datasets over rawframe or video lists), the model from
+``s4v_recognition.build_model``; the best checkpoint is chosen by validation top-1. Validation runs
+every epoch on one centre view, as the reference does; the final test uses ``eval.test_crops`` x
+``eval.test_clips`` views averaged after a softmax (Side4Video spec 3.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.data import DataLoader
+
+from s4v_data import DATASETS, VideoClipDataset, make_loader, read_labels
+from s4v_data.synthetic import DIRECTION_PAIRS, generate
+from s4v_orchestration.config import RunConfig
+from s4v_orchestration.reports import write_recognition_report
+from s4v_orchestration.runtime import DistEnv
+from s4v_orchestration.sampling import SeededItems, ShardSampler
+from s4v_orchestration.tasks.base import Evaluation, TaskParts, Track, no_track
+from s4v_recognition import PRESETS, build_model
+from s4v_recognition.losses import classification_loss, mix_clips
+from s4v_recognition.metrics import (
+    average_views,
+    mean_class_accuracy,
+    pair_accuracy,
+    topk_accuracy,
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A real dataset's files are missing; the message says what was looked for and what to do."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataFiles:
+    root: Path
+    train_list: Path
+    val_list: Path
+    labels: Path
+
+
+def data_files(config: RunConfig) -> DataFiles:
+    """Where the lists and the label file of ``config.data`` are (config values or the defaults)."""
+    data = config.data
+    spec = DATASETS[data.dataset]
+    root = Path(data.root)
+    videos = data.source == "video"
+    return DataFiles(
+        root=root,
+        train_list=root
+        / (data.train_list or (spec.train_video_list if videos else spec.train_list)),
+        val_list=root / (data.val_list or (spec.val_video_list if videos else spec.val_list)),
+        labels=root / (data.labels or spec.label_file),
+    )
+
+
+def check_data_files(config: RunConfig, *, need_train: bool = True) -> None:
+    """Fail at once, before any model is built, when a real dataset is not prepared."""
+    files = data_files(config)
+    wanted = {"validation list": files.val_list, "label file": files.labels}
+    if need_train:
+        wanted = {"training list": files.train_list, **wanted}
+    missing = [f"{what} {path}" for what, path in wanted.items() if not path.is_file()]
+    if missing:
+        name = config.data.dataset
+        raise DataNotFoundError(
+            f"the {name} dataset is not prepared under {files.root}: missing "
+            + "; ".join(missing)
+            + ".\nPrepare it with `s4v data extract` (see `s4v data --help`), or point "
+            "--data-root at the folder that holds it. For a self-contained run that needs no "
+            "download, use --dataset synthetic."
+        )
+
+
+class RecognitionTask:
+    """Video classification with label-smoothed cross-entropy; best checkpoint by val top-1."""
+
+    name = "recognition"
+    best_metric = "top1"
+
+    def __init__(self) -> None:
+        self.config: RunConfig | None = None
+        self.num_classes = 0
+        self.pairs: list[tuple[int, int]] = []  # time-reversed class pairs (synthetic data)
+
+    # -- data ------------------------------------------------------------------------------
+
+    def prepare_data(
+        self,
+        config: RunConfig,
+        *,
+        announce: Callable[[str], None],
+        with_train_data: bool = True,
+    ) -> None:
+        if config.data.dataset == "synthetic":
+            synthetic = config.data.synthetic
+            if not Path(config.data.root).exists():
+                announce(f"generating the synthetic dataset in {config.data.root} (first run only)")
+            generate(
+                config.data.root,
+                seed=synthetic.seed,
+                videos_per_class=synthetic.videos_per_class,
+                num_frames=synthetic.num_frames,
+                size=synthetic.size,
+            )
+        check_data_files(config, need_train=with_train_data)
+
+    def _dataset(self, config: RunConfig, list_file: Path, mode: str) -> VideoClipDataset:
+        data = config.data
+        return VideoClipDataset(
+            list_file,
+            data.root,
+            spec=DATASETS[data.dataset],
+            num_frames=data.num_frames,
+            mode=mode,
+            input_size=data.input_size or PRESETS[config.model.preset].image_size,
+            source=data.source,
+            num_sample=data.num_sample,
+            rand_augment=data.rand_augment,
+            test_crops=config.eval.test_crops,
+            test_clips=config.eval.test_clips,
+            num_classes=self.num_classes,
+        )
+
+    def build(self, config: RunConfig, *, with_train_data: bool = True) -> TaskParts:
+        self.config = config
+        files = data_files(config)
+        class_names = read_labels(files.labels)
+        self.num_classes = len(class_names)
+        model = build_model(
+            config.model.preset,
+            self.num_classes,
+            method=config.model.method,
+            pretrained=config.model.pretrained,
+            num_frames=config.data.num_frames,
+            side_dim=config.model.side_dim,
+            grad_checkpointing=config.model.grad_checkpointing,
+            dropout=config.model.dropout,
+        )
+        self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
+        return TaskParts(
+            model=model,
+            train_data=self._dataset(config, files.train_list, "train")
+            if with_train_data
+            else None,
+            val_data=self._dataset(config, files.val_list, "val"),
+            backbone_identity=model.backbone_identity,
+            extra={"class_names": list(class_names)},
+        )
+
+    def train_loader(
+        self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv
+    ) -> DataLoader:
+        items = SeededItems(parts.train_data, seed=config.seed)
+        items.set_epoch(epoch)
+        sampler = ShardSampler(
+            len(items),
+            rank=env.rank,
+            world_size=env.world_size,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        return make_loader(
+            items,
+            batch_size=config.data.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=config.data.num_workers,
+            seed=config.seed + epoch,
+            drop_last=True,
+        )
+
+    def _eval_loader(
+        self, dataset: VideoClipDataset, config: RunConfig, env: DistEnv
+    ) -> DataLoader:
+        sampler = ShardSampler(
+            len(dataset), rank=env.rank, world_size=env.world_size, shuffle=False, drop_last=False
+        )
+        return make_loader(
+            dataset,
+            batch_size=config.eval.batch_size or config.data.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=config.data.num_workers,
+            seed=config.seed,
+        )
+
+    def val_loader(self, parts: TaskParts, config: RunConfig, *, env: DistEnv) -> DataLoader:
+        return self._eval_loader(parts.val_data, config, env)
+
+    # -- training --------------------------------------------------------------------------
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
+        solver = self.config.solver
+        clips, labels = (t.to(device, non_blocking=True) for t in batch)
+        targets: torch.Tensor = labels
+        if solver.mixup_alpha > 0 or solver.cutmix_alpha > 0:
+            clips, targets = mix_clips(
+                clips,
+                labels,
+                num_classes=self.num_classes,
+                mixup_alpha=solver.mixup_alpha,
+                cutmix_alpha=solver.cutmix_alpha,
+                switch_prob=solver.mix_switch_prob,
+                smoothing=solver.label_smoothing,
+            )
+        logits = model(clips)  # (B, K)
+        return classification_loss(logits, targets, solver.label_smoothing), clips.shape[0]
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        env: DistEnv,
+        *,
+        track: Track = no_track,
+        description: str = "evaluate",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of every item over all ranks: (N, K) logits, or view-averaged probabilities
+        when the loader yields views ``(B, V, T, 3, S, S)``; and the (N,) labels."""
+        was_training = model.training
+        model.eval()
+        scores, labels = [], []
+        for clips, batch_labels in track(loader, len(loader), description):
+            clips = clips.to(device, non_blocking=True)
+            if clips.ndim == 6:
+                views = clips.shape[1]
+                logits = model(rearrange(clips, "b v t c h w -> (b v) t c h w"))
+                batch_scores = average_views(rearrange(logits, "(b v) k -> b v k", v=views))
+            else:
+                batch_scores = model(clips).float()
+            scores.append(batch_scores.float().cpu())
+            labels.append(batch_labels.cpu())
+        order = list(loader.sampler)  # the dataset indices this rank saw, in order
+        model.train(was_training)
+        gathered = env.all_gather((torch.cat(scores), torch.cat(labels), order))
+        # Restore the dataset order so every rank (and a single process) sees the same tensors.
+        indices = torch.tensor([i for _, _, o in gathered for i in o])
+        permutation = indices.argsort()
+        all_scores = torch.cat([s for s, _, _ in gathered])[permutation]
+        all_labels = torch.cat([lab for _, lab, _ in gathered])[permutation]
+        return all_scores, all_labels
+
+    def metrics(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """top1, top5, mean_class (percent), and pair_acc for time-reversed class pairs."""
+        out = topk_accuracy(scores, labels, ks=(1, 5))
+        out["mean_class"] = mean_class_accuracy(scores, labels, self.num_classes)
+        if self.pairs:
+            out["pair_acc"] = pair_accuracy(scores, labels, self.pairs)
+        return out
+
+    def validate(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        env: DistEnv,
+        *,
+        track: Track = no_track,
+    ) -> dict[str, float]:
+        scores, labels = self.predict(
+            model, loader, device, env, track=track, description="validate"
+        )
+        return self.metrics(scores, labels)
+
+    def final_test(
+        self,
+        model: nn.Module,
+        config: RunConfig,
+        parts: TaskParts,
+        device: torch.device,
+        env: DistEnv,
+        out_dir: Path,
+        *,
+        track: Track = no_track,
+    ) -> Evaluation:
+        dataset = self._dataset(config, data_files(config).val_list, "test")
+        loader = self._eval_loader(dataset, config, env)
+        views = f"{config.eval.test_crops}x{config.eval.test_clips}"
+        scores, labels = self.predict(
+            model, loader, device, env, track=track, description=f"test {views}"
+        )
+        metrics = self.metrics(scores, labels)
+        files = []
+        if env.is_main:
+            files = write_recognition_report(
+                out_dir,
+                scores=scores,
+                labels=labels,
+                class_names=parts.extra["class_names"],
+                metrics=metrics,
+                views=views,
+            )
+        return Evaluation(metrics=metrics, files=files)

@@ -1,0 +1,192 @@
+"""MLflow tracking for one run: create (or continue) it, log to it, and always close it.
+
+Uses an explicit ``MlflowClient`` bound to the configured tracking URI rather than MLflow's global
+"active run", so several runs in one process (tests, sweeps) never leak into each other. A run that
+raises ends ``FAILED``; Ctrl-C (``KeyboardInterrupt``) ends ``KILLED``; no run is left ``RUNNING``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+from s4v_orchestration import __version__
+
+log = logging.getLogger(__name__)
+
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
+
+def git_commit() -> str | None:
+    """Commit of the s4v source tree this code runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The shell command that opens the MLflow UI on this store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"uv run mlflow ui --backend-store-uri {tracking_uri}"
+
+
+class Tracker:
+    """Logs to one MLflow run; every method is a no-op when tracking is disabled (``run_id`` None)."""
+
+    def __init__(self, client: MlflowClient | None, run_id: str | None, tracking_uri: str | None):
+        self.client = client
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self.experiment_id: str | None = None
+        self.continued = False  # True when an existing run was reopened (resumed training)
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.enabled:
+            self.client.log_batch(
+                self.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())]
+            )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.enabled:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.enabled:
+            now = int(time.time() * 1000)
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+            )
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise MlflowException(
+                f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+                "or choose another with --set tracking.experiment=NAME"
+            )
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def tracked_run(
+    *,
+    enabled: bool,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    continue_run_id: str | None = None,
+    system_metrics: bool = True,
+) -> Iterator[Tracker]:
+    """Open an MLflow run for the body of the ``with`` block and close it with the right status.
+
+    Args:
+        enabled: False yields a no-op tracker (other DDP ranks, ``tracking.enabled=false``).
+        tracking_uri: e.g. ``sqlite:///mlflow.db`` or ``http://localhost:5000``.
+        experiment: experiment name, created when missing (ignored for a nested or continued run).
+        run_name: display name of a new run.
+        tags: extra tags for a new run (s4v version, git commit and user are added here).
+        parent_run_id: create the run as a nested child of this run, in the parent's experiment.
+        continue_run_id: reopen this run (a resumed training) instead of creating one, if it exists
+            in this store.
+        system_metrics: sample CPU/GPU/memory/disk/network usage in a background thread.
+
+    Yields:
+        The tracker; ``tracker.run_id`` is the MLflow run id (None when disabled).
+    """
+    if not enabled:
+        yield Tracker(None, None, None)
+        return
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = None
+    if continue_run_id is not None:
+        try:
+            run = client.get_run(continue_run_id)
+            client.update_run(continue_run_id, status="RUNNING")
+        except MlflowException:
+            log.info("run %s is not in %s; starting a new run", continue_run_id, tracking_uri)
+            run = None
+    if run is None:
+        if parent_run_id is not None:
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+        else:
+            experiment_id = _experiment_id(client, experiment)
+        all_tags = {
+            "mlflow.source.name": "s4v",
+            "mlflow.source.type": "LOCAL",
+            "mlflow.user": getpass.getuser(),
+            "s4v.version": __version__,
+            **tags,
+        }
+        if commit := git_commit():
+            all_tags["mlflow.source.git.commit"] = commit
+        if parent_run_id is not None:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+
+    tracker = Tracker(client, run.info.run_id, tracking_uri)
+    tracker.experiment_id = run.info.experiment_id
+    tracker.continued = run.info.run_id == continue_run_id
+    monitor = None
+    if system_metrics:
+        monitor = SystemMetricsMonitor(
+            run.info.run_id,
+            sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+            resume_logging=continue_run_id is not None,
+            tracking_uri=tracking_uri,
+        )
+        monitor.start()
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        client.set_terminated(run.info.run_id, status=status)

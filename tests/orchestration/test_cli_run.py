@@ -1,0 +1,103 @@
+"""`s4v run recognition` and `s4v eval recognition` through the real CLI and a real MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from s4v_orchestration.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(args: list[str]):
+    return runner.invoke(app, args, terminal_width=200, catch_exceptions=False)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's artifacts of a SQLite store go to the working directory
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_two_step_run_is_recorded_in_mlflow_and_evaluates(in_tmp, tiny_overrides) -> None:
+    store = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    sets = tiny_overrides(
+        "cli", **{"tracking.enabled": True, "solver.max_steps": 2, "tracking.log_every": 1}
+    )
+    result = _invoke(
+        ["run", "recognition", "--dataset", "synthetic", "--tracking-uri", store,
+         *[arg for item in sets for arg in ("--set", item)]]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"mlflow ui --backend-store-uri {store}" in result.output
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("recognition-synthetic")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id in result.output
+    assert run.data.params["solver.max_steps"] == "2"
+    assert run.data.params["model.preset"] == "tiny"
+    assert run.data.tags["s4v.dataset"] == "synthetic"
+    assert run.data.tags["s4v.backbone"] == "s4v-tiny"
+    assert "tiny" in run.info.run_name and "synthetic" in run.info.run_name
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == [1, 2]
+    for key in ("train/lr", "train/clips_per_s", "val/top1", "val/top5", "epoch/time_s",
+                "epoch/peak_mem_mb", "test/top1", "test/mean_class"):  # fmt: skip
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "checkpoints", "eval"} <= artifacts
+    eval_files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert eval_files == {"eval/eval.json", "eval/per_class.csv", "eval/confusion.png"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
+        "checkpoints/best.pt"
+    ]
+
+    # The best checkpoint evaluates with 3 crops x 2 clips, into the same store.
+    best = in_tmp / "cli" / "best.pt"
+    result = _invoke(
+        ["eval", "recognition", "--checkpoint", str(best), "--views", "3x2",
+         "--tracking-uri", store]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = in_tmp / "cli" / "eval-3x2"
+    summary = json.loads((report / "eval.json").read_text())
+    assert summary["views"] == "3x2"
+    assert summary["num_videos"] == 8
+    with (report / "per_class.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["class_name"] for row in rows][:2] == [
+        "moving left to right",
+        "moving right to left",
+    ]
+    assert (report / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    runs = client.search_runs([experiment.experiment_id], "tags.`s4v.kind` = 'evaluation'")
+    assert runs[0].data.tags["s4v.trained_in_run"] == run.info.run_id
+    assert runs[0].info.status == "FINISHED"
+
+
+def test_bad_override_fails_before_anything_runs(in_tmp) -> None:
+    result = _invoke(["run", "recognition", "--dataset", "synthetic", "--set", "solver.lrr=1"])
+    assert result.exit_code == 2
+    assert "solver.lrr: unknown field  [from --set solver.lrr=1]" in result.output
+    assert not (in_tmp / "mlflow.db").exists()
+
+
+def test_missing_real_dataset_says_what_was_looked_for(in_tmp) -> None:
+    result = _invoke(
+        ["run", "recognition", "--dataset", "ssv1", "--data-root", str(in_tmp / "nothing"),
+         "--no-tracking"]
+    )  # fmt: skip
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert f"label file {in_tmp / 'nothing' / 'sth_labels.csv'}" in output
+    assert f"training list {in_tmp / 'nothing' / 'train_rawframes.txt'}" in output
+    assert "s4v data extract" in output
+    assert "--dataset synthetic" in output

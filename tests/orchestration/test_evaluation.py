@@ -1,0 +1,28 @@
+"""Multi-view evaluation: view shapes and softmax averaging through the real dataset and model."""
+
+from __future__ import annotations
+
+import torch
+
+from s4v_orchestration.runtime import DistEnv
+from s4v_orchestration.tasks.recognition import RecognitionTask, data_files
+
+
+def test_multi_view_scores_average_the_softmax_of_every_view(tiny_config) -> None:
+    config = tiny_config("views", **{"eval.test_crops": 3, "eval.test_clips": 2}).with_defaults()
+    task = RecognitionTask()
+    parts = task.build(config, with_train_data=False)
+    model = parts.model.eval()
+    dataset = task._dataset(config, data_files(config).val_list, "test")
+    views, label = dataset[0]
+    assert views.shape == (6, config.data.num_frames, 3, 32, 32)  # 3 crops x 2 clips
+
+    loader = task._eval_loader(dataset, config, DistEnv())
+    scores, labels = task.predict(model, loader, torch.device("cpu"), DistEnv())
+    assert scores.shape == (len(dataset), 8)
+    assert labels.tolist() == [r.label for r in dataset.records]
+    torch.testing.assert_close(scores.sum(dim=1), torch.ones(len(dataset)))
+    with torch.no_grad():
+        expected = model(views).softmax(dim=-1).mean(dim=0)  # each view is its own forward
+    torch.testing.assert_close(scores[0], expected, atol=1e-5, rtol=1e-4)
+    assert labels[0] == label

@@ -1,0 +1,104 @@
+"""MLflow run lifecycle against a real SQLite store: statuses, nesting, continuation."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from s4v_orchestration.tracking import tracked_run, ui_command
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # One store for the module: creating a SQLite store runs MLflow's migrations (seconds).
+    root = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # artifacts of a SQLite store default to the working directory
+        yield f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _open(store: str, **kwargs):
+    args = dict(
+        enabled=True,
+        tracking_uri=store,
+        experiment="recognition-test",
+        run_name="r",
+        tags={"s4v.dataset": "synthetic"},
+        system_metrics=False,
+    )
+    return tracked_run(**(args | kwargs))
+
+
+def test_finished_run_holds_params_metrics_tags_and_artifacts(store, tmp_path) -> None:
+    (tmp_path / "note.txt").write_text("hello")
+    with _open(store, experiment="artifacts") as tracker:
+        tracker.log_params({"solver.lr": 0.001})
+        tracker.log_metrics({"train/loss": 2.0}, step=1)
+        tracker.log_metrics({"train/loss": 1.0}, step=2)
+        tracker.log_artifact(tmp_path / "note.txt")
+        run_id = tracker.run_id
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"solver.lr": "0.001"}
+    assert [m.value for m in client.get_metric_history(run_id, "train/loss")] == [2.0, 1.0]
+    assert run.data.tags["s4v.dataset"] == "synthetic"
+    assert "s4v.version" in run.data.tags
+    assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]
+    assert client.get_experiment(run.info.experiment_id).name == "artifacts"
+
+
+def test_exception_ends_failed_and_ctrl_c_ends_killed(store) -> None:
+    ids = {}
+    for exc, name in ((RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "killed")):
+        with pytest.raises(type(exc)), _open(store, run_name=name) as tracker:
+            ids[name] = tracker.run_id
+            raise exc
+    client = MlflowClient(store)
+    assert client.get_run(ids["failed"]).info.status == "FAILED"
+    assert client.get_run(ids["killed"]).info.status == "KILLED"
+
+
+def test_child_run_nests_under_parent_in_the_parents_experiment(store) -> None:
+    client = MlflowClient(store)
+    parent = client.create_run(client.create_experiment("sweep"), run_name="sweep")
+
+    with _open(store, parent_run_id=parent.info.run_id, experiment="ignored") as tracker:
+        child_id = tracker.run_id
+    child = client.get_run(child_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.info.experiment_id == parent.info.experiment_id
+
+
+def test_continued_run_reopens_the_same_run(store) -> None:
+    with pytest.raises(KeyboardInterrupt), _open(store) as tracker:
+        first_id = tracker.run_id
+        tracker.log_metrics({"val/top1": 10.0}, step=1)
+        raise KeyboardInterrupt
+    with _open(store, continue_run_id=first_id) as tracker:
+        assert tracker.run_id == first_id
+        assert tracker.continued
+        tracker.log_metrics({"val/top1": 20.0}, step=2)
+    client = MlflowClient(store)
+    assert client.get_run(first_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(first_id, "val/top1")] == [1, 2]
+    with _open(store, continue_run_id="0123456789abcdef0123456789abcdef") as tracker:
+        assert tracker.run_id != first_id  # unknown in this store: a new run
+        assert not tracker.continued
+
+
+def test_disabled_tracking_logs_nothing(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracked_run(
+        enabled=False, tracking_uri=store, experiment="x", run_name="r", tags={}
+    ) as tracker:
+        tracker.log_metrics({"a": 1.0}, step=0)
+        assert tracker.run_id is None
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ui_command_points_at_the_store() -> None:
+    assert (
+        ui_command("sqlite:///x/mlflow.db")
+        == "uv run mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
+    )

@@ -1,0 +1,103 @@
+"""The training loop on the tiny preset: exact resume, non-finite loss, refusing a foreign checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+from s4v_orchestration.tasks.recognition import RecognitionTask
+from s4v_orchestration.train import NonFiniteLossError, train
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(
+    tiny_config, tmp_path, monkeypatch
+) -> None:
+    full_config = tiny_config("full")
+    full = train(full_config)
+
+    def kill_after_first_epoch(epoch, metrics, checkpoint, run_id):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed_config = tiny_config("killed", **{"tracking.enabled": True, "tracking.uri": store})
+    with pytest.raises(KeyboardInterrupt):
+        train(killed_config, on_epoch_end=kill_after_first_epoch)
+    last = killed_config.with_defaults().output_dir / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    run_id = load_checkpoint(last)["mlflow_run_id"]
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    resumed = train(killed_config.model_copy(update={"resume": last}))
+    timings = ("epoch/time_s", "epoch/peak_mem_mb", "train/epoch_clips_per_s")
+    assert {k: v for k, v in resumed.items() if k not in timings} == {
+        k: v for k, v in full.items() if k not in timings
+    }  # every other metric, bit for bit
+    full_weights = _weights(full_config.with_defaults().output_dir / "last.pt")
+    resumed_weights = _weights(last)
+    assert full_weights.keys() == resumed_weights.keys()
+    for key, value in full_weights.items():
+        assert torch.equal(value, resumed_weights[key]), key
+    # The resumed training continued the same MLflow run, which now ends FINISHED.
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val/top1")] == [1, 2]
+
+
+def test_run_returns_validation_and_test_metrics_and_writes_checkpoints(tiny_config) -> None:
+    config = tiny_config("metrics", **{"solver.epochs": 1})
+    seen = []
+    metrics = train(config, on_epoch_end=lambda *args: seen.append(args))
+    out = config.with_defaults().output_dir
+    for key in ("train/epoch_loss", "val/top1", "val/top5", "val/mean_class", "val/pair_acc",
+                "val/best_top1", "test/top1", "test/pair_acc", "epoch/time_s"):  # fmt: skip
+        assert key in metrics, key
+    assert 0.0 <= metrics["val/top1"] <= 100.0
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    assert {p.name for p in (out / "eval").iterdir()} == {
+        "eval.json",
+        "per_class.csv",
+        "confusion.png",
+    }
+    [(epoch, epoch_metrics, path, run_id)] = seen
+    assert (epoch, path, run_id) == (1, out / "last.pt", None)
+    assert epoch_metrics["val/top1"] == metrics["val/top1"]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    tiny_config, monkeypatch
+) -> None:
+    config = tiny_config("nan")
+    calls = {"n": 0}
+    real_loss = RecognitionTask.loss
+    steps_per_epoch = 32 // 4
+
+    def loss_that_diverges_in_epoch_two(self, model, batch, device):
+        loss, clips = real_loss(self, model, batch, device)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > steps_per_epoch + 2 else loss), clips
+
+    monkeypatch.setattr(RecognitionTask, "loss", loss_that_diverges_in_epoch_two)
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss became nan at epoch 2.*last\.pt \(after epoch 1\)"
+    ):
+        train(config)
+    assert load_checkpoint(config.with_defaults().output_dir / "last.pt")["epoch"] == 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tiny_config) -> None:
+    config = tiny_config("other", **{"solver.epochs": 1})
+    train(config)
+    last = config.with_defaults().output_dir / "last.pt"
+    changed = tiny_config("other", **{"solver.epochs": 1, "solver.lr": 0.5, "resume": last})
+    with pytest.raises(
+        CheckpointError, match=rf"solver.lr: {config.solver.lr} \(checkpoint\) vs 0.5"
+    ):
+        train(changed)
