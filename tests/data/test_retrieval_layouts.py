@@ -144,7 +144,7 @@ def test_vatex_bad_json_names_the_file_and_line(tmp_path: Path) -> None:
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(AnnotationError, match=r"test_list\.txt: file not found"):
+    with pytest.raises(FileNotFoundError, match=r"test_list\.txt: file not found"):
         read_vatex(tmp_path, "test")
 
 

@@ -100,7 +100,7 @@ def _grouped(ids_in_order: list[str], captions: dict[str, list[str]]) -> Caption
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise AnnotationError(f"{path}: file not found")
+        raise FileNotFoundError(f"{path}: file not found")
     return path
 
 
