@@ -184,7 +184,9 @@ def test_retrieval_presets_carry_the_reference_recipe() -> None:
 
 
 def test_a_model_preset_of_the_other_task_is_refused_with_its_field() -> None:
-    with pytest.raises(ConfigError, match=r"side4video-b16-light' \(model\.preset\)"):
+    with pytest.raises(
+        ConfigError, match=r"model\.preset: .*unknown retrieval model preset 'side4video-b16-light'"
+    ):
         load_run_config("retrieval", "synthetic", overrides=["model.preset=side4video-b16-light"])
     with pytest.raises(ConfigError, match=r"model\.method"):
         load_run_config("recognition", "synthetic", overrides=["model.method=frozen-clip"])

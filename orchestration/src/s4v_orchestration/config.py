@@ -92,6 +92,34 @@ class ModelConfig(_Section):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # recognition only
     grad_checkpointing: bool = False  # recompute side blocks in backward to save memory
 
+    # The task comes from the validation context (apply_overrides passes it); without one, a name
+    # of any task is accepted here and the model builder rejects a mismatch.
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str, info: ValidationInfo) -> str:
+        task, registries = _registries(info)
+        known = sorted({name for presets, _ in registries for name in presets})
+        if value not in known:
+            raise ValueError(f"unknown {task}model preset {value!r}; choose one of {known}")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str, info: ValidationInfo) -> str:
+        task, registries = _registries(info)
+        known = list(dict.fromkeys(name for _, methods in registries for name in methods))
+        if value not in known:
+            raise ValueError(f"unknown {task}method {value!r}; choose one of {known}")
+        return value
+
+
+def _registries(info: ValidationInfo) -> tuple[str, list[tuple[dict[str, Any], tuple[str, ...]]]]:
+    """(``"<task> "`` or ``""``, the preset and method registries a model may come from)."""
+    task = (info.context or {}).get("task")
+    if task in MODEL_REGISTRIES:
+        return f"{task} ", [MODEL_REGISTRIES[task]]
+    return "", list(MODEL_REGISTRIES.values())
+
 
 class RetrievalConfig(_Section):
     """Text-video retrieval settings (used only with ``task=retrieval``)."""
@@ -171,25 +199,6 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: ModelConfig, info: ValidationInfo) -> ModelConfig:
-        task = info.data.get("task")
-        if task not in MODEL_REGISTRIES:
-            return value  # the task error is reported on its own
-        presets, methods = MODEL_REGISTRIES[task]
-        if value.preset not in presets:
-            raise ValueError(
-                f"unknown {task} model preset {value.preset!r} (model.preset); "
-                f"choose one of {sorted(presets)}"
-            )
-        if value.method not in methods:
-            raise ValueError(
-                f"unknown {task} method {value.method!r} (model.method); "
-                f"choose one of {list(methods)}"
-            )
-        return value
 
     @field_validator("device")
     @classmethod
@@ -480,7 +489,7 @@ def apply_overrides(
         _set_path(merged, path, value, f"--set {text}")
         source[path] = f"--set {text}"
     try:
-        return RunConfig.model_validate(merged)
+        return RunConfig.model_validate(merged, context={"task": merged.get("task", "recognition")})
     except ValidationError as err:
         raise ConfigError(_describe(err, *file, source)) from None
 
