@@ -1,8 +1,9 @@
 """One rank of the 2-process gloo check in test_loss.py (run as a script, not collected by pytest).
 
 Usage: python ddp_worker.py RANK WORLD INIT_FILE OUT_FILE. Builds the same tiny two-tower model on
-every rank, wraps it in DDP, feeds the rank's slice of a fixed batch, computes the gathered symmetric
-InfoNCE loss, back-propagates and saves the loss and the parameter gradients.
+every rank, feeds the rank's slice of a fixed batch, computes the gathered symmetric InfoNCE loss,
+back-propagates, averages the parameter gradients over ranks as DistributedDataParallel does (by
+hand: importing DDP pulls in torch._dynamo, seconds per process) and saves the loss and gradients.
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ def main() -> None:
     rank, world, init_file, out_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    model = nn.parallel.DistributedDataParallel(TwoTower())
+    model = TwoTower()
     text, video = batch()
     per_rank = text.shape[0] // world
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     loss = symmetric_infonce(model(text[mine], video[mine]))
     loss.backward()
-    grads = {name: p.grad.clone() for name, p in model.module.named_parameters()}
+    grads = {}
+    for name, p in model.named_parameters():
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        grads[name] = p.grad / world
     torch.save({"loss": loss.detach(), "grads": grads}, out_file)
     dist.destroy_process_group()
 

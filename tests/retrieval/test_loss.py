@@ -86,6 +86,6 @@ def test_ddp_gathered_loss_and_gradients_equal_one_process_with_the_full_batch(
     for result in _run_ranks(2, tmp_path):
         # Every rank scores all 8 x 8 pairs, so each sees the full-batch loss ...
         torch.testing.assert_close(result["loss"], loss)
-        # ... and after DDP's gradient averaging the update is the full-batch one.
+        # ... and after DDP-style gradient averaging the update is the full-batch one.
         for name, grad in grads.items():
             torch.testing.assert_close(result["grads"][name], grad, rtol=1e-5, atol=1e-6)
