@@ -6,6 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
+from s4v_orchestration.config import RunConfig
 from s4v_recognition import build_model, load_converted_checkpoint
 from s4v_recognition.checkpoints import reference_key_map
 
@@ -29,8 +30,10 @@ def _release_from(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for reference, key in reference_key_map(model).items():
         tensor = ours[key]
-        if ".conv.0." in reference or ".conv.2." in reference:
-            tensor = tensor.reshape(*tensor.shape, 1, 1, 1) if tensor.dim() == 2 else tensor
+        if reference.endswith(".conv.1.weight"):  # depth-wise temporal conv (C, 3)
+            tensor = tensor.reshape(tensor.shape[0], 1, 3, 1, 1)
+        elif ".conv." in reference and reference.endswith(".weight"):  # 1x1x1 convs (C, C)
+            tensor = tensor.reshape(*tensor.shape, 1, 1, 1)
         state[f"module.{reference}"] = tensor
     return {"epoch": 1, "model_state_dict": state}
 
@@ -60,6 +63,27 @@ def test_convert_side4video_writes_a_model_with_the_release_weights(tmp_path) ->
     frames = torch.randn(2, 8, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_converted_checkpoint(target)(frames), model(frames))
+
+
+def test_convert_with_a_dataset_stores_a_run_config_that_rebuilds_the_same_backbone(
+    tmp_path,
+) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny", 3)
+    source, target = tmp_path / "model_best.pt", tmp_path / "tiny.pt"
+    torch.save(_release_from(model), source)
+    result = runner.invoke(
+        app,
+        ["convert", "side4video", str(source), str(target), "--preset", "tiny", "--num-classes",
+         "3", "--dataset", "ssv2"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = torch.load(target, weights_only=True)
+    config = RunConfig.model_validate(saved["config"])
+    assert (config.data.dataset, config.model.preset) == ("ssv2", "tiny")
+    rebuilt = build_model(config.model.preset, 3, pretrained=config.model.pretrained)
+    assert rebuilt.backbone_identity == saved["backbone"]
 
 
 def test_convert_side4video_names_the_bad_key_and_exits_2(tmp_path) -> None:

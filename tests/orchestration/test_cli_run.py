@@ -6,10 +6,13 @@ import csv
 import json
 
 import pytest
+import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
+from s4v_recognition import build_model
+from s4v_recognition.checkpoints import convert_side4video_checkpoint, reference_key_map
 
 runner = CliRunner()
 
@@ -101,3 +104,56 @@ def test_missing_real_dataset_says_what_was_looked_for(in_tmp) -> None:
     assert f"training list {in_tmp / 'nothing' / 'train_rawframes.txt'}" in output
     assert "s4v data extract" in output
     assert "--dataset synthetic" in output
+
+
+def _release_of(model: torch.nn.Module) -> dict:
+    """``model``'s weights in the layout of the reference repository's released checkpoints."""
+    ours = model.state_dict()
+    state = {}
+    for reference, key in reference_key_map(model).items():
+        tensor = ours[key]
+        if (".conv.0." in reference or ".conv.2." in reference) and tensor.dim() == 2:
+            tensor = tensor.reshape(*tensor.shape, 1, 1, 1)
+        state[reference] = tensor
+    return {"epoch": 1, "model_state_dict": state}
+
+
+def test_converted_release_evaluates_on_the_dataset_it_is_given(in_tmp, synthetic_root) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny", 8).eval()
+    torch.save(_release_of(model), in_tmp / "model_best.pt")
+    converted = in_tmp / "tiny-synthetic.pt"
+    convert_side4video_checkpoint(in_tmp / "model_best.pt", converted, "tiny", 8)
+    args = ["eval", "recognition", "--checkpoint", str(converted), "--no-tracking"]
+
+    result = _invoke(args)
+    assert result.exit_code == 2
+    assert "--dataset" in result.output
+
+    data = ["--data-root", str(synthetic_root), "--set", "data.synthetic.videos_per_class=5",
+            "--set", "data.synthetic.size=32"]  # fmt: skip
+    result = _invoke([*args, "--dataset", "synthetic", "--views", "1x2", *data])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((in_tmp / "eval-1x2" / "eval.json").read_text())
+    assert summary["num_videos"] == 8 and summary["num_classes"] == 8
+
+
+def test_release_converted_with_its_dataset_evaluates_without_the_original_file(
+    in_tmp, synthetic_root
+) -> None:
+    torch.manual_seed(1)
+    torch.save(_release_of(build_model("tiny", 8).eval()), in_tmp / "model_best.pt")
+    converted = in_tmp / "converted.pt"
+    result = _invoke(
+        ["convert", "side4video", str(in_tmp / "model_best.pt"), str(converted), "--preset",
+         "tiny", "--num-classes", "8", "--dataset", "synthetic"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (in_tmp / "model_best.pt").unlink()  # the converted file carries the frozen backbone
+    result = _invoke(
+        ["eval", "recognition", "--checkpoint", str(converted), "--no-tracking",
+         "--data-root", str(synthetic_root), "--set", "data.synthetic.videos_per_class=5",
+         "--set", "data.synthetic.size=32"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((in_tmp / "eval-1x1" / "eval.json").read_text())["num_videos"] == 8

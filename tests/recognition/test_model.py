@@ -187,3 +187,10 @@ def test_light_and_large_presets_count_the_paper_parameters() -> None:
         )
         count = _trainable(side) + preset.side_dim * 174 + 174
         assert abs(count - expected) < 0.05e6, (name, count)
+
+
+def test_counting_without_building_matches_the_built_model() -> None:
+    from s4v_recognition.presets import side4video_trainable_parameters
+
+    assert side4video_trainable_parameters("tiny", K) == _trainable(build_model("tiny", K))
+    assert side4video_trainable_parameters("side4video-b16", 174) == 21_112_686

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
-from s4v_orchestration.config import RunConfig, Shortcut, apply_overrides
+from s4v_orchestration.config import RunConfig, Shortcut, apply_overrides, load_run_config
 from s4v_orchestration.progress import RunProgress
 from s4v_orchestration.runtime import (
     close_distributed,
@@ -25,6 +25,7 @@ from s4v_orchestration.runtime import (
 )
 from s4v_orchestration.tasks import Evaluation, get_task
 from s4v_orchestration.tracking import tracked_run
+from s4v_recognition import load_converted_checkpoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,26 +39,53 @@ class EvaluationResult:
 def evaluate_checkpoint(
     checkpoint: Path,
     *,
+    dataset: str | None = None,
     out_dir: Path | None = None,
     overrides: Sequence[str] = (),
     shortcuts: Sequence[Shortcut] = (),
     progress: bool = False,
 ) -> EvaluationResult:
-    """Test the weights in ``checkpoint`` on its dataset's validation list.
+    """Test the weights in ``checkpoint`` on a dataset's validation list.
 
     Args:
-        checkpoint: an s4v checkpoint (``best.pt``, ``last.pt`` or a converted release).
+        checkpoint: an s4v checkpoint (``best.pt``, ``last.pt``) or a converted release.
+        dataset: the dataset preset; needed for a converted release (which does not know its
+            dataset), otherwise the one the checkpoint was trained on.
         out_dir: where the report goes; default ``<checkpoint folder>/eval-<CROPS>x<CLIPS>``.
-        overrides, shortcuts: applied to the config stored in the checkpoint (e.g. the data root,
-            the test views, the device, the tracking store).
+        overrides, shortcuts: applied to the config (e.g. the data root, the test views, the
+            device, the tracking store).
         progress: show progress bars.
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
-    for key in ("config", "backbone", "model"):
-        if key not in state:
-            raise CheckpointError(f"{checkpoint} has no {key!r} entry; it cannot be evaluated")
-    config = apply_overrides(state["config"], overrides, shortcuts).with_defaults()
+    # A converted release carries its frozen backbone: use it as it is, so the file is
+    # self-contained (no download, and the original release may have moved).
+    model = load_converted_checkpoint(checkpoint) if "backbone_state_dict" in state else None
+    if "config" in state:  # written by a training run (or by `s4v convert --dataset`)
+        if dataset is not None:
+            shortcuts = [("data.dataset", dataset, "--dataset"), *shortcuts]
+        config = apply_overrides(state["config"], overrides, shortcuts)
+    elif model is not None:
+        if dataset is None:
+            raise CheckpointError(
+                f"{checkpoint} is a converted Side4Video release that does not record its "
+                "dataset: name it with --dataset (e.g. --dataset ssv2 --data-root /data/ssv2)"
+            )
+        settings = state["settings"]
+        release: list[Shortcut] = [
+            ("model.preset", state["preset"], str(checkpoint)),
+            ("model.method", state["method"], str(checkpoint)),
+            ("model.pretrained", state["backbone"].get("pretrained"), str(checkpoint)),
+            ("model.side_dim", settings["side_dim"], str(checkpoint)),
+            ("data.num_frames", settings["num_frames"], str(checkpoint)),
+        ]
+        config = load_run_config(
+            state.get("task", "recognition"), dataset, overrides=overrides,
+            shortcuts=[*release, *shortcuts],
+        )  # fmt: skip
+    else:
+        raise CheckpointError(f"{checkpoint} holds neither a run config nor a converted model")
+    config = config.with_defaults()
     views = f"{config.eval.test_crops}x{config.eval.test_clips}"
     out_dir = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{views}"
 
@@ -72,14 +100,17 @@ def evaluate_checkpoint(
         if env.is_main:
             task.prepare_data(config, announce=ui.note, with_train_data=False)
         env.barrier()
-        parts = task.build(config, with_train_data=False)
+        parts = task.build(config, with_train_data=False, model=model)
         if parts.backbone_identity != state["backbone"]:
             raise CheckpointError(
                 f"{checkpoint} was trained on backbone {state['backbone']} but the config builds "
                 f"{parts.backbone_identity}; pass the same weights (--pretrained)"
             )
         model = parts.model
-        model.load_trainable_state_dict(state["model"])
+        try:
+            model.load_trainable_state_dict(state["model"])
+        except ValueError as err:
+            raise CheckpointError(f"{checkpoint} does not fit the model: {err}") from None
         model.to(device)
         tags = {
             "s4v.task": config.task,
@@ -110,4 +141,4 @@ def evaluate_checkpoint(
             evaluation=evaluation, config=config, out_dir=out_dir, run_id=tracker.run_id
         )
     finally:
-        close_distributed()
+        close_distributed(env)

@@ -26,6 +26,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process joined the group here (and leaves it at the end)
 
     @property
     def is_main(self) -> bool:
@@ -78,21 +79,24 @@ def init_distributed(device: torch.device) -> DistEnv:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistEnv()
-    env = DistEnv(
-        rank=int(os.environ["RANK"]),
-        world_size=world_size,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
-    if not dist.is_initialized():
+    rank = int(os.environ["RANK"])
+    owns_group = not dist.is_initialized()  # e.g. Ray Train has already set it up
+    if owns_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=world_size)
-    return env
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistEnv(
+        rank=rank,
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        owns_group=owns_group,
+    )
 
 
-def close_distributed() -> None:
-    if dist.is_initialized():
+def close_distributed(env: DistEnv) -> None:
+    """Leave the process group if :func:`init_distributed` joined it."""
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

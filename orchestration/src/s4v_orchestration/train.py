@@ -109,7 +109,7 @@ def run_training(
     try:
         return _run(config, task, device, env, on_epoch_end, progress)
     finally:
-        close_distributed()
+        close_distributed(env)
 
 
 def _run(
@@ -473,14 +473,18 @@ def _describe_run(
     total = sum(p.numel() for p in parts.model.parameters())
     lines = [
         f"[bold]{config.task}[/bold] on [bold]{config.data.dataset}[/bold]: "
-        f"{config.model.preset} ({config.model.method}), {trainable / 1e6:.2f} M of "
-        f"{total / 1e6:.2f} M parameters trained",
+        f"{config.model.preset} ({config.model.method}), {_count(trainable)} of "
+        f"{_count(total)} parameters trained",
         f"device {device} x {env.world_size}, precision {precision}, "
         f"{steps_per_epoch} steps per epoch, checkpoints in {config.output_dir}",
     ]
     if tracker.run_id is not None:
         lines.append(f"MLflow run {tracker.run_id} in {config.tracking.uri}")
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 100_000 else f"{n / 1e3:.1f} k"
 
 
 def _epoch_summary(metrics: dict[str, float], best_key: str) -> str:

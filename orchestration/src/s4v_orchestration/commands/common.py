@@ -47,16 +47,10 @@ def user_errors() -> Iterator[None]:
     from s4v_data.annotations import AnnotationError
     from s4v_orchestration.checkpoint import CheckpointError
     from s4v_orchestration.config import ConfigError
-    from s4v_orchestration.tasks.recognition import DataNotFoundError
+    from s4v_orchestration.tasks.recognition import DataError
     from s4v_orchestration.train import NonFiniteLossError
 
-    expected = (
-        ConfigError,
-        CheckpointError,
-        DataNotFoundError,
-        AnnotationError,
-        NonFiniteLossError,
-    )
+    expected = (ConfigError, CheckpointError, DataError, AnnotationError, NonFiniteLossError)
     try:
         yield
     except expected as err:

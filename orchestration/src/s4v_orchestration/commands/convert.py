@@ -34,15 +34,38 @@ def side4video(
         int,
         typer.Option(min=1, help="Classes of the checkpoint's head: 174 for SSv1/v2, 400 K400."),
     ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="The release's dataset (ssv1, ssv2, k400): stores a run config so that "
+            "`s4v eval recognition --checkpoint TARGET` can test it."
+        ),
+    ] = None,
 ) -> None:
     """Convert a released Side4Video recognition checkpoint into an s4v checkpoint.
 
     The file is read with torch.load(weights_only=True); every key is renamed onto s4v's modules and its shape checked. The output holds the side network and head as training runs save them, plus the frozen backbone, so it needs no other file.
     """
+    from s4v_orchestration.config import load_run_config
     from s4v_recognition import convert_side4video_checkpoint
 
+    # One absolute path for both the backbone identity and the run config, so that they match.
+    source = source.resolve()
     try:
-        model = convert_side4video_checkpoint(source, target, preset, num_classes)
+        extra = {}
+        if dataset is not None:
+            # The backbone is rebuilt from the release itself (the same weights and identity).
+            config = load_run_config(
+                "recognition",
+                dataset,
+                overrides=[
+                    f"model.preset={preset}",
+                    "model.method=side4video",
+                    f"model.pretrained={source}",
+                ],
+            )
+            extra["config"] = config.model_dump(mode="json")
+        model = convert_side4video_checkpoint(source, target, preset, num_classes, extra=extra)
     except (ValueError, FileNotFoundError) as error:
         err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -52,3 +75,9 @@ def side4video(
     console.print(f"  classes     {num_classes}")
     console.print(f"  trainable   {trainable:,} parameters")
     console.print(f"  source      {source} (sha256 {model.backbone_identity['sha256'][:16]}...)")
+    if dataset is not None:
+        console.print(
+            f"  evaluate    s4v eval recognition --checkpoint {target} (keep {source} in place: "
+            "the backbone is read from it)",
+            highlight=False,
+        )

@@ -35,6 +35,13 @@ def recognition(
             dir_okay=False,
         ),
     ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset preset to test on (synthetic, ssv1, ssv2, k400); required for a "
+            "converted release, default: the one the run trained on."
+        ),
+    ] = None,
     views: Annotated[
         str | None,
         typer.Option(
@@ -94,6 +101,7 @@ def recognition(
             ]
         result = evaluate_checkpoint(
             checkpoint,
+            dataset=dataset,
             out_dir=output_dir,
             overrides=overrides or [],
             shortcuts=shortcuts,

@@ -65,8 +65,13 @@ class Task(Protocol):
     ) -> None:
         """Make sure the data exists (generate or check it); runs on rank 0 before ``build``."""
 
-    def build(self, config: RunConfig, *, with_train_data: bool = True) -> TaskParts:
-        """The model (on the CPU) and the datasets (no training set for evaluation only)."""
+    def build(
+        self, config: RunConfig, *, with_train_data: bool = True, model: nn.Module | None = None
+    ) -> TaskParts:
+        """The model (on the CPU) and the datasets (no training set for evaluation only).
+
+        ``model`` replaces the one the config describes (e.g. a converted release).
+        """
 
     def train_loader(
         self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv

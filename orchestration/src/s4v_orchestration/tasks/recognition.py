@@ -35,7 +35,11 @@ from s4v_recognition.metrics import (
 )
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataError(RuntimeError):
+    """The data cannot serve this run; the message says what is wrong and what to do."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
     """A real dataset's files are missing; the message says what was looked for and what to do."""
 
 
@@ -125,26 +129,40 @@ class RecognitionTask:
             source=data.source,
             num_sample=data.num_sample,
             rand_augment=data.rand_augment,
+            flip=data.flip,
             test_crops=config.eval.test_crops,
             test_clips=config.eval.test_clips,
             num_classes=self.num_classes,
         )
 
-    def build(self, config: RunConfig, *, with_train_data: bool = True) -> TaskParts:
+    def build(
+        self, config: RunConfig, *, with_train_data: bool = True, model: nn.Module | None = None
+    ) -> TaskParts:
         self.config = config
         files = data_files(config)
         class_names = read_labels(files.labels)
         self.num_classes = len(class_names)
-        model = build_model(
-            config.model.preset,
-            self.num_classes,
-            method=config.model.method,
-            pretrained=config.model.pretrained,
-            num_frames=config.data.num_frames,
-            side_dim=config.model.side_dim,
-            grad_checkpointing=config.model.grad_checkpointing,
-            dropout=config.model.dropout,
-        )
+        if model is not None and model.num_classes != self.num_classes:
+            raise DataError(
+                f"the model predicts {model.num_classes} classes but {files.labels} lists "
+                f"{self.num_classes}; evaluate it on the dataset it was trained for"
+            )
+        # Initialise from config.seed alone: a random backbone (pretrained=None), which the
+        # checkpoint does not store, is then rebuilt identically on resume, for evaluation and on
+        # every DDP rank.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            if model is None:
+                model = build_model(
+                    config.model.preset,
+                    self.num_classes,
+                    method=config.model.method,
+                    pretrained=config.model.pretrained,
+                    num_frames=config.data.num_frames,
+                    side_dim=config.model.side_dim,
+                    grad_checkpointing=config.model.grad_checkpointing,
+                    dropout=config.model.dropout,
+                )
         self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
         return TaskParts(
             model=model,

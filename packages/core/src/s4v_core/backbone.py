@@ -12,6 +12,7 @@ nowhere (random initialisation). OpenAI weights need the ``-quickgelu`` model na
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import warnings
@@ -151,6 +152,21 @@ def load_weights_strict(
     module.load_state_dict(state, strict=False)
 
 
+@contextlib.contextmanager
+def _quiet_root_warning(prefix: str) -> Iterator[None]:
+    """Drop open_clip's root-logger messages starting with ``prefix`` while inside."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def _is_side4video_release(state: dict[str, torch.Tensor]) -> bool:
     return "visual.side_conv1.weight" in state
 
@@ -187,7 +203,8 @@ def create_clip(
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     identity = {"name": name, "pretrained": pretrained, "sha256": None}
     if pretrained is not None and Path(pretrained).is_file():
-        model = open_clip.create_model(name, pretrained=None)
+        with _quiet_root_warning("No pretrained weights loaded"):  # they are loaded just below
+            model = open_clip.create_model(name, pretrained=None)
         state = read_clip_state_dict(pretrained)
         if _is_side4video_release(state):
             state = _release_backbone(state)
@@ -208,7 +225,8 @@ def create_clip(
             )
         model = open_clip.create_model(name, pretrained=pretrained)
     else:
-        model = open_clip.create_model(name, pretrained=None)
+        with _quiet_root_warning("No pretrained weights loaded"):  # random weights were asked for
+            model = open_clip.create_model(name, pretrained=None)
     return model.eval(), identity
 
 

@@ -3,8 +3,9 @@
 ``SavedTensorMeter`` installs ``torch.autograd.graph.saved_tensors_hooks`` and records every tensor
 autograd saves while it is active, counting each underlying storage once (views of one buffer are
 one buffer) and leaving out given tensors (the model's parameters, which exist anyway).
-Tensors saved inside :func:`s4v_core.recompute.recompute` regions are not seen, because that
-function keeps only its inputs, and those it saves through the same mechanism, so they are counted.
+Recomputed regions (:func:`s4v_core.recompute.recompute`) and the fused layers of
+:mod:`s4v_core.fused` keep their inputs through ``ctx.save_for_backward``, so those are counted
+too (``torch.utils.checkpoint`` would hide the inputs it holds from these hooks).
 """
 
 from __future__ import annotations

@@ -25,11 +25,21 @@ from torch import nn
 _DEVICE_TYPES = ("cpu", "cuda")
 
 
-def _autocast_state() -> list[tuple[str, bool, torch.dtype]]:
+def autocast_state() -> list[tuple[str, bool, torch.dtype]]:
+    """The current autocast setting of every device type, for :func:`replay_autocast`."""
     return [
         (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         for device in _DEVICE_TYPES
     ]
+
+
+@contextlib.contextmanager
+def replay_autocast(state: list[tuple[str, bool, torch.dtype]]) -> Iterator[None]:
+    """Enter the autocast setting recorded by :func:`autocast_state` (backward runs without it)."""
+    with contextlib.ExitStack() as stack:
+        for device, enabled, dtype in state:
+            stack.enter_context(torch.autocast(device, dtype=dtype, enabled=enabled))
+        yield
 
 
 @contextlib.contextmanager
@@ -57,7 +67,7 @@ class _Recompute(torch.autograd.Function):
         ctx.module = module
         ctx.num_inputs = num_inputs
         ctx.params = tensors[num_inputs:]
-        ctx.autocast = _autocast_state()
+        ctx.autocast = autocast_state()
         ctx.save_for_backward(*tensors[:num_inputs])
         return module(*tensors[:num_inputs])
 
@@ -68,11 +78,11 @@ class _Recompute(torch.autograd.Function):
             saved.detach().requires_grad_(need)
             for saved, need in zip(ctx.saved_tensors, needs, strict=False)
         ]
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.enable_grad())
-            for device, enabled, dtype in ctx.autocast:
-                stack.enter_context(torch.autocast(device, dtype=dtype, enabled=enabled))
-            stack.enter_context(_running_stats_frozen(ctx.module))
+        with (
+            torch.enable_grad(),
+            replay_autocast(ctx.autocast),
+            _running_stats_frozen(ctx.module),
+        ):
             output = ctx.module(*inputs)
         wanted = [t for t, need in zip([*inputs, *ctx.params], needs, strict=True) if need]
         grads = iter(torch.autograd.grad(output, wanted, grad_output, allow_unused=True))

@@ -28,8 +28,9 @@ CHECKPOINT_FORMAT = "s4v-checkpoint"
 CHECKPOINT_VERSION = 1
 
 # Reference key pattern -> s4v key pattern. "{i}" is a backbone layer; on the s4v side, "{s}" is
-# the position of that layer among the layers with a side block. Reshaped tensors are listed in
-# _RESHAPED (1x1x1 Conv3d weights (C, C, 1, 1, 1) become Linear weights (C, C)).
+# the position of that layer among the layers with a side block. Conv3d weights listed in _RESHAPED
+# lose their singleton dimensions: 1x1x1 convs (C, C, 1, 1, 1) become Linear weights (C, C), the
+# depth-wise temporal conv (C, 1, 3, 1, 1) becomes (C, 3).
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _WB = ("weight", "bias")
 _FROZEN_KEYS: list[tuple[str, str]] = [
@@ -81,7 +82,11 @@ _TRAINABLE_KEYS: list[tuple[str, str]] = [
     *[(f"fc.{p}", f"head.{p}") for p in _WB],
 ]
 REFERENCE_KEYS: list[tuple[str, str]] = _FROZEN_KEYS + _TRAINABLE_KEYS
-_RESHAPED = {"temporal.conv_in.weight", "temporal.conv_out.weight"}
+_RESHAPED = {"temporal.conv_in.weight", "temporal.conv_dw.weight", "temporal.conv_out.weight"}
+
+
+def _squeezed(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+    return tuple(size for size in shape if size != 1)
 
 
 def reference_key_map(model: VideoClassifier) -> dict[str, str]:
@@ -149,7 +154,8 @@ def convert_reference_state(
     for reference, ours in mapping.items():
         tensor = state[reference]
         target = expected[ours].shape
-        if any(ours.endswith(name) for name in _RESHAPED) and tensor.shape == (*target, 1, 1, 1):
+        reshapable = any(ours.endswith(name) for name in _RESHAPED)
+        if reshapable and tensor.dim() == 5 and _squeezed(tensor.shape) == _squeezed(target):
             tensor = tensor.reshape(target)
         if tensor.shape != target:
             raise ValueError(
@@ -199,14 +205,20 @@ def load_side4video_checkpoint(path: str | Path, preset: str, num_classes: int) 
 
 
 def convert_side4video_checkpoint(
-    source: str | Path, target: str | Path, preset: str, num_classes: int
+    source: str | Path,
+    target: str | Path,
+    preset: str,
+    num_classes: int,
+    *,
+    extra: dict | None = None,
 ) -> VideoClassifier:
     """Convert a released checkpoint into a self-contained s4v model file.
 
     The file is an s4v checkpoint (``format``, ``version``, ``task``, ``backbone``, ``model``
     as written by training runs) plus what is needed to rebuild the model without anything else:
     ``preset``, ``method``, ``num_classes``, ``settings`` and the frozen backbone's weights in
-    ``backbone_state_dict``. Read it back with :func:`load_converted_checkpoint`.
+    ``backbone_state_dict``. ``extra`` entries (e.g. a run ``config``) are stored as well. Read it
+    back with :func:`load_converted_checkpoint`.
     """
     source, target = Path(source), Path(target)
     model, _ = _load_release(source, preset, num_classes)
@@ -226,6 +238,7 @@ def convert_side4video_checkpoint(
             "model": trainable,
             "backbone_state_dict": frozen,
             "converted_from": {"path": str(source), "sha256": model.backbone_identity["sha256"]},
+            **(extra or {}),
         },
         target,
     )

@@ -1,0 +1,174 @@
+"""Training-memory and speed benchmark of Side4Video against its baselines (paper Table 2).
+
+For each method one training step (forward, cross-entropy, backward) on random frames and random
+weights is measured: parameter counts, the bytes autograd keeps for backward (each storage once,
+parameters excluded; see :class:`s4v_core.memory.SavedTensorMeter`), the median wall-clock and
+process CPU time of a step, and on CUDA the peak allocated memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from s4v_core.memory import SavedTensorMeter
+from s4v_recognition.model import VideoClassifier, build_model
+from s4v_recognition.presets import get_preset
+
+logger = logging.getLogger(__name__)
+
+BENCH_METHODS = ("side4video", "side4video-light", "full-finetune", "linear-probe")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MemoryBenchConfig:
+    """What to measure; the defaults are the issue's CPU reference setting (spec section 7)."""
+
+    preset: str = "side4video-b16"  # backbone and side width of the "side4video" method
+    methods: tuple[str, ...] = BENCH_METHODS
+    light_side_dim: int = 128  # side width of "side4video-light" (paper Table 2 light B/16)
+    num_frames: int = 8
+    batch_size: int = 2  # videos per step
+    num_classes: int = 174
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    grad_checkpointing: bool = False
+    repeats: int = 3  # timed steps after one warm-up step; the median is reported
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in BENCH_METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(BENCH_METHODS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.repeats < 1 or self.batch_size < 1 or self.num_frames < 1:
+            raise ValueError("repeats, batch_size and num_frames must be positive")
+        get_preset(self.preset)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MethodResult:
+    method: str
+    side_dim: int | None
+    total_params: int
+    trainable_params: int
+    saved_bytes: int  # unique bytes autograd holds for backward after one forward
+    step_seconds: list[float]  # wall-clock forward+backward times of the timed steps
+    step_cpu_seconds: list[float]  # process CPU time of the same steps (all threads)
+    cuda_peak_bytes: int | None  # peak allocated CUDA memory during a step, weights included
+
+    @property
+    def saved_mib(self) -> float:
+        return self.saved_bytes / 2**20
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.step_seconds)
+
+    @property
+    def median_cpu_seconds(self) -> float:
+        return statistics.median(self.step_cpu_seconds)
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "saved_mib": self.saved_mib,
+            "median_seconds": self.median_seconds,
+            "median_cpu_seconds": self.median_cpu_seconds,
+            "cuda_peak_mib": None if self.cuda_peak_bytes is None else self.cuda_peak_bytes / 2**20,
+        }
+
+
+def _build(config: MemoryBenchConfig, method: str) -> VideoClassifier:
+    side_dim = config.light_side_dim if method == "side4video-light" else None
+    return build_model(
+        config.preset,
+        config.num_classes,
+        method="side4video" if method.startswith("side4video") else method,
+        num_frames=config.num_frames,
+        side_dim=side_dim,
+        grad_checkpointing=config.grad_checkpointing,
+    )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_method(
+    config: MemoryBenchConfig, method: str, *, on_step: Callable[[], None] | None = None
+) -> MethodResult:
+    """Measure one method under ``config``; ``on_step`` is called after every step (progress)."""
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    model = _build(config, method).to(device).train()
+    size = model.preset.image_size
+    generator = torch.Generator().manual_seed(config.seed)
+    frames = torch.randn(config.batch_size, config.num_frames, 3, size, size, generator=generator)
+    frames = frames.to(device)
+    labels = torch.randint(config.num_classes, (config.batch_size,), generator=generator).to(device)
+    dtype = PRECISIONS[config.precision]
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(frames)
+        return F.cross_entropy(logits.float(), labels)
+
+    with SavedTensorMeter(exclude=model.parameters()) as meter:
+        loss = forward()
+    saved = meter.bytes
+    loss.backward()  # also the warm-up step
+    del loss
+    model.zero_grad(set_to_none=True)
+    if on_step:
+        on_step()
+
+    peak = None
+    wall, cpu = [], []
+    for _ in range(config.repeats):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _synchronize(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        forward().backward()
+        _synchronize(device)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+        if device.type == "cuda":
+            peak = max(peak or 0, torch.cuda.max_memory_allocated(device))
+        model.zero_grad(set_to_none=True)
+        if on_step:
+            on_step()
+    side = getattr(model.encoder, "side", None)
+    return MethodResult(
+        method=method,
+        side_dim=side.out_dim if side is not None else None,
+        total_params=sum(p.numel() for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        saved_bytes=saved,
+        step_seconds=wall,
+        step_cpu_seconds=cpu,
+        cuda_peak_bytes=peak,
+    )
+
+
+def run_memory_bench(
+    config: MemoryBenchConfig, *, on_step: Callable[[], None] | None = None
+) -> list[MethodResult]:
+    """Measure every method of ``config`` in turn (one model in memory at a time)."""
+    results = []
+    for method in config.methods:
+        logger.info("measuring %s", method)
+        results.append(measure_method(config, method, on_step=on_step))
+        if config.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return results

@@ -1,0 +1,43 @@
+"""The memory benchmark measures what it says, on the tiny preset."""
+
+from __future__ import annotations
+
+import pytest
+
+from s4v_recognition.benchmark import MemoryBenchConfig, run_memory_bench
+
+
+def _by_method(**overrides) -> dict:
+    config = MemoryBenchConfig(preset="tiny", light_side_dim=64, repeats=1, **overrides)
+    return {result.method: result for result in run_memory_bench(config)}
+
+
+def test_memory_bench_orders_the_methods_as_the_paper_does() -> None:
+    results = _by_method()
+    side, light = results["side4video"], results["side4video-light"]
+    full, probe = results["full-finetune"], results["linear-probe"]
+    assert (side.side_dim, light.side_dim) == (128, 64)
+    assert side.trainable_params == 1_060_910  # `s4v models`, K=174
+    assert full.trainable_params == full.total_params
+    assert probe.trainable_params == 64 * 174 + 174
+    # Linear probing keeps only the head's input; the frozen backbone keeps nothing.
+    assert probe.saved_bytes < 0.01 * side.saved_bytes
+    assert light.saved_bytes < side.saved_bytes
+    for result in results.values():
+        assert len(result.step_seconds) == 1 and result.median_seconds > 0
+        assert result.cuda_peak_bytes is None
+
+
+def test_checkpointing_and_bf16_cut_what_is_saved() -> None:
+    plain = _by_method(methods=("side4video",))["side4video"]
+    checkpointed = _by_method(methods=("side4video",), grad_checkpointing=True)["side4video"]
+    bf16 = _by_method(methods=("side4video",), precision="bf16")["side4video"]
+    assert checkpointed.saved_bytes < 0.35 * plain.saved_bytes
+    assert bf16.saved_bytes < 0.75 * plain.saved_bytes
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown methods"):
+        MemoryBenchConfig(methods=("lora",))
+    with pytest.raises(ValueError, match="precision"):
+        MemoryBenchConfig(precision="int8")
