@@ -102,20 +102,28 @@ class RetrievalTask:
     def _input_size(self, config: RunConfig) -> int:
         return config.data.input_size or PRESETS[config.model.preset].image_size
 
-    def build(self, config: RunConfig, *, with_train_data: bool = True) -> TaskParts:
+    def build(
+        self, config: RunConfig, *, with_train_data: bool = True, model: nn.Module | None = None
+    ) -> TaskParts:
         self.config = config
         retrieval = config.retrieval
-        model = build_model(
-            config.model.preset,
-            method=config.model.method,
-            pretrained=config.model.pretrained,
-            num_frames=config.data.num_frames,
-            side_dim=config.model.side_dim,
-            max_words=retrieval.max_words,
-            similarity=retrieval.similarity,
-            train_text=retrieval.train_text,
-            grad_checkpointing=config.model.grad_checkpointing,
-        )
+        # Initialise from config.seed alone, so that random CLIP weights (pretrained=None), which
+        # the checkpoint does not store, are rebuilt identically on resume, for evaluation and on
+        # every DDP rank.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            if model is None:
+                model = build_model(
+                    config.model.preset,
+                    method=config.model.method,
+                    pretrained=config.model.pretrained,
+                    num_frames=config.data.num_frames,
+                    side_dim=config.model.side_dim,
+                    max_words=retrieval.max_words,
+                    similarity=retrieval.similarity,
+                    train_text=retrieval.train_text,
+                    grad_checkpointing=config.model.grad_checkpointing,
+                )
         layout = RETRIEVAL_LAYOUTS[config.data.dataset]
         common = dict(
             num_frames=config.data.num_frames,
