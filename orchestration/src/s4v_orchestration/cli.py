@@ -9,10 +9,14 @@ import typer
 from rich.console import Console
 
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import bench_sweep as bench_sweep_command
 from s4v_orchestration.commands import convert as convert_command
 from s4v_orchestration.commands import eval as eval_command
 from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.commands import run as run_command
+from s4v_orchestration.commands import runs as runs_command
+from s4v_orchestration.commands import sweep as sweep_command
+from s4v_orchestration.commands import ui as ui_command
 from s4v_orchestration.commands.bench import bench_app
 from s4v_orchestration.commands.data import data_app
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
@@ -36,6 +40,10 @@ app.add_typer(data_app, name="data")
 app.command("models")(models_command.models)
 app.add_typer(convert_command.app, name="convert")
 app.add_typer(bench_app, name="bench")
+bench_app.command("sweep")(bench_sweep_command.sweep)
+app.command("sweep")(sweep_command.sweep)
+app.command("runs")(runs_command.runs)
+app.command("ui")(ui_command.ui)
 
 
 @app.callback()

@@ -1,0 +1,212 @@
+"""Tables of MLflow runs: an experiment's runs or one sweep's trials, sorted by a metric.
+
+``s4v runs`` prints these, and ``s4v sweep`` prints the table of its trials when it ends. The
+parameter columns are the ones that tell the runs apart: a sweep's searched paths, or otherwise
+the parameters whose values differ between the listed runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from rich.table import Table
+
+from s4v_orchestration.sweep.spec import DEFAULT_METRICS
+from s4v_orchestration.sweep.tracking import (
+    TAG_KIND,
+    TAG_METRIC,
+    TAG_MODE,
+    TAG_SEARCHED,
+    TAG_SWEEP,
+    TAG_TRIAL_EPOCHS,
+    TAG_TRIAL_ERROR,
+    TAG_TRIAL_STATE,
+)
+
+# Parameters that differ between runs without describing the experiment (paths, bookkeeping).
+_NOT_HYPERPARAMETERS = ("output_dir", "resume", "data.root", "tracking.", "device")
+MAX_AUTO_COLUMNS = 6
+
+
+class RunLookupError(LookupError):
+    """The experiment or sweep asked for does not exist in the store."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunRow:
+    run_id: str
+    name: str
+    status: str  # MLflow status: FINISHED, FAILED, KILLED, RUNNING
+    state: str  # a sweep trial's s4v.trial.state (completed, stopped_early, failed), else ""
+    epochs: str  # epochs a sweep trial completed, else ""
+    value: float | None  # the metric's latest value
+    error: str = ""  # a failed trial's error (last line of its traceback)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunListing:
+    title: str
+    metric: str
+    mode: str
+    columns: list[str]  # parameter columns, in order
+    rows: list[RunRow]  # sorted, best first
+
+
+def _row(run: Run, metric: str) -> RunRow:
+    tags = run.data.tags
+    return RunRow(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        status=run.info.status,
+        state=tags.get(TAG_TRIAL_STATE, ""),
+        epochs=tags.get(TAG_TRIAL_EPOCHS, ""),
+        value=run.data.metrics.get(metric),
+        error=tags.get(TAG_TRIAL_ERROR, ""),
+        params=dict(run.data.params),
+    )
+
+
+def _sorted(rows: list[RunRow], mode: str) -> list[RunRow]:
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(row: RunRow) -> tuple[bool, float]:
+        missing = row.value is None or math.isnan(row.value)
+        return (missing, 0.0 if missing else sign * row.value)
+
+    return sorted(rows, key=key)
+
+
+def _varying_params(rows: list[RunRow]) -> list[str]:
+    names = sorted({name for row in rows for name in row.params})
+    varying = [
+        name
+        for name in names
+        if not name.startswith(_NOT_HYPERPARAMETERS)
+        and len({row.params.get(name) for row in rows}) > 1
+    ]
+    return varying[:MAX_AUTO_COLUMNS]
+
+
+def _default_metric(runs: list[Run]) -> str:
+    """The first task default (val top-1, then t2v R@1) that any of the runs logged."""
+    for metric, _ in DEFAULT_METRICS.values():
+        if any(metric in run.data.metrics for run in runs):
+            return metric
+    return DEFAULT_METRICS["recognition"][0]
+
+
+def find_sweep(client: MlflowClient, sweep: str, experiment: str | None = None) -> Run:
+    """A sweep's parent run, by run id or by sweep name (the newest if the name was reused)."""
+    try:
+        run = client.get_run(sweep)
+        if run.data.tags.get(TAG_KIND) == "sweep":
+            return run
+    except MlflowException:  # not a run id
+        pass
+    experiments = (
+        [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    )
+    ids = [e.experiment_id for e in experiments if e is not None]
+    found = client.search_runs(
+        ids,
+        filter_string=f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not found:
+        raise RunLookupError(f"no sweep named {sweep!r} in this store")
+    return found[0]
+
+
+def list_sweep(
+    client: MlflowClient, parent: Run, *, metric: str | None = None, mode: str | None = None
+) -> RunListing:
+    """The trials of one sweep (the children of its parent run), best first.
+
+    Runs of a trial that was restarted from scratch are left out (``superseded``); the trial's
+    current run stands for it.
+    """
+    tags = parent.data.tags
+    metric = metric or tags.get(TAG_METRIC) or DEFAULT_METRICS["recognition"][0]
+    mode = mode or tags.get(TAG_MODE, "max")
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
+        max_results=5000,
+    )
+    searched = [p for p in tags.get(TAG_SEARCHED, "").split(",") if p]
+    current = [run for run in children if run.data.tags.get(TAG_TRIAL_STATE) != "superseded"]
+    rows = _sorted([_row(run, metric) for run in current], mode)
+    return RunListing(
+        title=f"sweep {tags.get(TAG_SWEEP, parent.info.run_name)} ({parent.info.run_id})",
+        metric=metric,
+        mode=mode,
+        columns=searched or _varying_params(rows),
+        rows=rows,
+    )
+
+
+def list_experiment(
+    client: MlflowClient,
+    experiment: str,
+    *,
+    metric: str | None = None,
+    mode: str = "max",
+    limit: int = 50,
+) -> RunListing:
+    """The runs of one experiment (sweep parents left out: their trials are listed), best first."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise RunLookupError(f"no experiment {experiment!r} in this store (experiments: {names})")
+    runs = [
+        run
+        for run in client.search_runs([found.experiment_id], max_results=5000)
+        if run.data.tags.get(TAG_KIND) != "sweep"
+        and run.data.tags.get(TAG_TRIAL_STATE) != "superseded"
+    ]
+    metric = metric or _default_metric(runs)
+    rows = _sorted([_row(run, metric) for run in runs], mode)[:limit]
+    return RunListing(
+        title=f"experiment {experiment}",
+        metric=metric,
+        mode=mode,
+        columns=_varying_params(rows),
+        rows=rows,
+    )
+
+
+def render(listing: RunListing, *, highlight: str | None = None, extra: list[str] = ()) -> Table:
+    """A rich table: rank, run, state, metric, parameter columns, run id.
+
+    Args:
+        listing: the rows and columns to show.
+        highlight: a run id to mark as the best (the sweep's chosen trial).
+        extra: parameter names to show in addition to the listing's own columns.
+    """
+    columns = list(dict.fromkeys([*listing.columns, *extra]))
+    arrow = "↓" if listing.mode == "max" else "↑"
+    table = Table(title=listing.title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("run")
+    table.add_column("state")
+    table.add_column(f"{listing.metric} {arrow}", justify="right")
+    for name in columns:
+        table.add_column(name, justify="right")
+    table.add_column("run id", no_wrap=True)
+    for rank, row in enumerate(listing.rows, start=1):
+        state = row.state or row.status.lower()
+        if row.state == "stopped_early" and row.epochs:
+            state = f"stopped_early @{row.epochs}"
+        value = "-" if row.value is None else f"{row.value:.4g}"
+        style = "bold green" if row.run_id == highlight else None
+        cells = [str(rank), row.name, state, value]
+        cells += [row.params.get(name, "-") for name in columns]
+        table.add_row(*cells, row.run_id, style=style)
+    return table

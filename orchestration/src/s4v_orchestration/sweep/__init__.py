@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: sweep files, Ray Tune trials around ``train()``, MLflow parent runs."""

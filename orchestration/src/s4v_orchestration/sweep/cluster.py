@@ -1,0 +1,62 @@
+"""Where trials run: a local Ray started for the sweep, or an existing cluster.
+
+``--address`` takes what ``ray.init`` takes: ``auto`` (a cluster started on this machine with
+``ray start --head``), ``HOST:PORT`` of a head node, or ``ray://HOST:PORT`` (Ray Client, from a
+machine outside the cluster). Trials log to MLflow themselves, so every node must reach the
+tracking store: a SQLite file only works when all nodes are this machine.
+"""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
+
+import ray
+
+from s4v_orchestration.sweep.tracking import is_server_uri
+
+
+class ClusterError(RuntimeError):
+    """Trials on this cluster could not record their runs; the message says what to use."""
+
+
+def _is_local_ip(ip: str) -> bool:
+    """True if ``ip`` belongs to this machine (binding to it succeeds only then)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as sock:
+            sock.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def connect_ray(address: str | None, *, num_cpus: int | None, num_gpus: int | None) -> bool:
+    """Start a local Ray (returns True: we own it) or join the cluster at ``address``."""
+    if address is None:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+        return True
+    ray.init(address=address)
+    return False
+
+
+def check_trials_can_log(tracking_uri: str, address: str | None) -> None:
+    """Refuse a local SQLite store when trials may run on other machines: they would each write to
+    a file of their own. A tracking server (``--tracking-uri http://...``) works everywhere."""
+    if address is None or is_server_uri(tracking_uri):
+        return
+    hint = "start `mlflow server` and pass --tracking-uri http://HOST:5000 (see README, Sweeps)"
+    if address.startswith("ray://"):
+        host = urlparse(address).hostname or ""
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ClusterError(f"trials on {address} cannot write to {tracking_uri}; {hint}")
+        return
+    remote = sorted(
+        node["NodeManagerAddress"]
+        for node in ray.nodes()
+        if node["Alive"] and not _is_local_ip(node["NodeManagerAddress"])
+    )
+    if remote:
+        raise ClusterError(
+            f"the cluster has nodes on other machines ({', '.join(remote)}) that cannot write to "
+            f"{tracking_uri}; {hint}"
+        )
