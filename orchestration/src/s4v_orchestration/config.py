@@ -25,12 +25,14 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+import s4v_recognition
+import s4v_retrieval
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
-from s4v_recognition import METHODS, PRESETS
 
 Task = Literal["recognition", "retrieval"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -74,29 +76,66 @@ class DataConfig(_Section):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
-class ModelConfig(_Section):
-    """Which network to build (``s4v_recognition.build_model``)."""
+# Model presets and methods of each task (checked against ``task`` by RunConfig).
+MODEL_REGISTRIES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "recognition": (s4v_recognition.PRESETS, s4v_recognition.METHODS),
+    "retrieval": (s4v_retrieval.PRESETS, s4v_retrieval.METHODS),
+}
 
-    preset: str = "tiny"  # backbone + side network size, a key of s4v_recognition.PRESETS
-    method: str = "side4video"  # side4video | linear-probe | full-finetune
+
+class ModelConfig(_Section):
+    """Which network to build (``s4v_recognition.build_model`` / ``s4v_retrieval.build_model``)."""
+
+    preset: str = "tiny"  # backbone + side network size, a key of the task's PRESETS
+    method: str = "side4video"  # a METHODS entry of the task (retrieval adds frozen-clip)
     pretrained: str | None = None  # open_clip tag (e.g. openai), a local weights file, or None
     side_dim: PositiveInt | None = None  # None: the preset's side width
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # recognition only
     grad_checkpointing: bool = False  # recompute side blocks in backward to save memory
 
+    # The task comes from the validation context (apply_overrides passes it); without one, a name
+    # of any task is accepted here and the model builder rejects a mismatch.
     @field_validator("preset")
     @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"unknown model preset {value!r}; choose one of {sorted(PRESETS)}")
+    def _known_preset(cls, value: str, info: ValidationInfo) -> str:
+        task, registries = _registries(info)
+        known = sorted({name for presets, _ in registries for name in presets})
+        if value not in known:
+            raise ValueError(f"unknown {task}model preset {value!r}; choose one of {known}")
         return value
 
     @field_validator("method")
     @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r}; choose one of {list(METHODS)}")
+    def _known_method(cls, value: str, info: ValidationInfo) -> str:
+        task, registries = _registries(info)
+        known = list(dict.fromkeys(name for _, methods in registries for name in methods))
+        if value not in known:
+            raise ValueError(f"unknown {task}method {value!r}; choose one of {known}")
         return value
+
+
+def _registries(info: ValidationInfo) -> tuple[str, list[tuple[dict[str, Any], tuple[str, ...]]]]:
+    """(``"<task> "`` or ``""``, the preset and method registries a model may come from)."""
+    task = (info.context or {}).get("task")
+    if task in MODEL_REGISTRIES:
+        return f"{task} ", [MODEL_REGISTRIES[task]]
+    return "", list(MODEL_REGISTRIES.values())
+
+
+class RetrievalConfig(_Section):
+    """Text-video retrieval settings (used only with ``task=retrieval``)."""
+
+    similarity: Literal["wti", "meanP"] | None = None  # None: the model preset's (wti)
+    max_words: PositiveInt | None = None  # tokens per caption; None: the preset's (32)
+    train_text: bool = False  # train the CLIP text tower (frozen by default)
+    text_lr_scale: PositiveFloat = 1e-3  # text tower lr = solver.lr x this (reference: 1e-3)
+    # every-caption: each (video, caption) pair is a sample (reference); random-caption: one
+    # sample per video with a random caption, so a batch never holds the same video twice.
+    captions: Literal["every-caption", "random-caption"] = "every-caption"
+    media_root: Path | None = None  # frame folders / videos; None: data.root
+    dual_softmax: bool = False  # also report dsl/... metrics (dual-softmax re-ranking)
+    eval_text_chunk: PositiveInt = 256  # captions scored per block when ranking
+    eval_video_chunk: PositiveInt = 512  # videos per block inside a caption block
 
 
 class SolverConfig(_Section):
@@ -160,6 +199,7 @@ class RunConfig(_Section):
     solver: SolverConfig = Field(default_factory=SolverConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
 
     @field_validator("device")
     @classmethod
@@ -186,7 +226,9 @@ class RunConfig(_Section):
         cfg = self.model_copy(deep=True)
         if cfg.data.root is None:
             if cfg.data.dataset == "synthetic":
-                cfg.data.root = default_cache_dir() / "synthetic"
+                # Retrieval needs the captioned variant; its own folder keeps both cached.
+                folder = "synthetic" if cfg.task == "recognition" else "synthetic-captioned"
+                cfg.data.root = default_cache_dir() / folder
             else:
                 cfg.data.root = default_data_root() / cfg.data.dataset
         if cfg.output_dir is None:
@@ -224,6 +266,26 @@ _SOMETHING_SOMETHING = {
         "label_smoothing": 0.1,
     },
     "eval": {"test_crops": 3, "test_clips": 2},
+}
+
+# Side4Video retrieval scripts (spec 4.3): 5 epochs, lr 1e-4 with 10 % warm-up, BertAdam-like
+# betas/eps/weight decay, global gradient clipping at 1.0, 12 frames, 32 words, C = 320; global
+# batch 128 (16 per GPU on 8 GPUs: pass --batch-size 16 under torchrun). MSR-VTT and VATEX use
+# ViT-B/16, MSVD ViT-B/32. The text tower stays frozen (the reference's 1e-7 updates are below
+# its fp16 resolution); retrieval.train_text=true trains it at lr x retrieval.text_lr_scale.
+_RETRIEVAL_REFERENCE = {
+    "data": {"num_frames": 12, "batch_size": 128},
+    "model": {"preset": "side4video-b16", "pretrained": "openai"},
+    "solver": {
+        "epochs": 5,
+        "warmup_epochs": 0.5,
+        "lr": 1e-4,
+        "weight_decay": 0.2,
+        "betas": (0.9, 0.98),
+        "eps": 1e-6,
+        "clip_grad_norm": 1.0,
+    },
+    "retrieval": {"max_words": 32, "similarity": "wti"},
 }
 
 DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -265,6 +327,26 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             },
             "eval": {"test_crops": 3, "test_clips": 4},
         },
+    },
+    "retrieval": {
+        # Self-contained run on CPU: the tiny random-weight CLIP and the captioned synthetic set
+        # ("a red square moves from left to right"). Random CLIP weights mean the text tower has
+        # to learn too, so it trains here at the full learning rate.
+        "synthetic": {
+            "data": {
+                "num_frames": 8,
+                "batch_size": 32,
+                "num_workers": 0,
+                "synthetic": {"videos_per_class": 60, "num_frames": 16, "size": 32},
+            },
+            "model": {"preset": "tiny", "pretrained": None},
+            "solver": {"epochs": 10, "warmup_epochs": 1, "lr": 2e-3, "weight_decay": 0.05},
+            "retrieval": {"train_text": True, "text_lr_scale": 1.0, "captions": "random-caption"},
+            "device": "cpu",
+        },
+        "msrvtt": _RETRIEVAL_REFERENCE,
+        "msvd": _deep_merge(_RETRIEVAL_REFERENCE, {"model": {"preset": "side4video-b32"}}),
+        "vatex": _RETRIEVAL_REFERENCE,
     },
 }
 
@@ -409,7 +491,7 @@ def apply_overrides(
         _set_path(merged, path, value, f"--set {text}")
         source[path] = f"--set {text}"
     try:
-        return RunConfig.model_validate(merged)
+        return RunConfig.model_validate(merged, context={"task": merged.get("task", "recognition")})
     except ValidationError as err:
         raise ConfigError(_describe(err, *file, source)) from None
 

@@ -145,8 +145,13 @@ def _run(
             f"the training set is too small for batch_size {config.data.batch_size} x "
             f"{env.world_size} processes x grad_accumulation {accumulation}: no full step per epoch"
         )
+    # A task may split the parameters into groups with their own learning rates (retrieval's
+    # trainable text tower); by default everything trains at solver.lr.
+    groups = (
+        task.parameter_groups(model, config) if hasattr(task, "parameter_groups") else trainable
+    )
     optimizer = torch.optim.AdamW(
-        trainable,
+        groups,
         lr=solver.lr,
         betas=solver.betas,
         eps=solver.eps,

@@ -28,7 +28,13 @@ def configure_logging(verbose: bool = False) -> None:
         force=True,
     )
     if verbose:
-        for name in ("s4v_orchestration", "s4v_data", "s4v_core", "s4v_recognition"):
+        for name in (
+            "s4v_orchestration",
+            "s4v_data",
+            "s4v_core",
+            "s4v_recognition",
+            "s4v_retrieval",
+        ):
             logging.getLogger(name).setLevel(logging.INFO)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -38,14 +44,16 @@ def configure_logging(verbose: bool = False) -> None:
 def user_errors() -> Iterator[None]:
     """Turn expected errors into a red message and exit code 2 (1 for a diverged run)."""
     # Imported here so that `s4v --help` does not load torch, open_clip and MLflow.
+    from s4v_data.annotations import AnnotationError
     from s4v_orchestration.checkpoint import CheckpointError
     from s4v_orchestration.config import ConfigError
     from s4v_orchestration.tasks.recognition import DataError
     from s4v_orchestration.train import NonFiniteLossError
 
+    expected = (ConfigError, CheckpointError, DataError, AnnotationError, NonFiniteLossError)
     try:
         yield
-    except (ConfigError, CheckpointError, DataError, NonFiniteLossError) as err:
+    except expected as err:
         err_console.print(
             f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True
         )

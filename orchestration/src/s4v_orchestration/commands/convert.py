@@ -76,8 +76,4 @@ def side4video(
     console.print(f"  trainable   {trainable:,} parameters")
     console.print(f"  source      {source} (sha256 {model.backbone_identity['sha256'][:16]}...)")
     if dataset is not None:
-        console.print(
-            f"  evaluate    s4v eval recognition --checkpoint {target} (keep {source} in place: "
-            "the backbone is read from it)",
-            highlight=False,
-        )
+        console.print(f"  evaluate    s4v eval recognition --checkpoint {target}", highlight=False)

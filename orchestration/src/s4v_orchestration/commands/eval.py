@@ -128,3 +128,102 @@ def recognition(
     console.print(summary_table("evaluation", rows))
     if result.run_id is not None:
         console.print(f"open the MLflow UI: {ui_command(cfg.tracking.uri)}", soft_wrap=True)
+
+
+@app.command()
+def retrieval(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="An s4v retrieval checkpoint (best.pt / last.pt of `s4v run retrieval`).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    data_root: Annotated[
+        Path | None,
+        typer.Option(help="Folder holding the annotation files (default: the run's)."),
+    ] = None,
+    media_root: Annotated[
+        Path | None,
+        typer.Option(help="Folder holding the frame folders or videos (default: the run's)."),
+    ] = None,
+    dual_softmax: Annotated[
+        bool,
+        typer.Option(
+            "--dual-softmax",
+            help="Also report metrics after dual-softmax re-ranking, under dsl/ (never mixed "
+            "into the plain numbers).",
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Videos per forward pass (eval.batch_size).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Report folder (default: next to the checkpoint, eval-<name>)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field of the stored config (repeatable)."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)."),
+    ] = None,
+    tracking: Annotated[
+        bool, typer.Option("--tracking/--no-tracking", help="Record the evaluation in MLflow.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option(help="Log s4v's info messages.")] = False,
+) -> None:
+    """R@1/5/10, median and mean rank of a checkpoint, both ways, with per-query rank CSVs."""
+    from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+    from s4v_orchestration.commands.run import retrieval_rows
+    from s4v_orchestration.evaluate import evaluate_checkpoint
+    from s4v_orchestration.tracking import ui_command
+
+    configure_logging(verbose)
+    shortcuts: list[Shortcut] = [
+        (path, value, option)
+        for path, value, option in [
+            ("data.root", data_root, "--data-root"),
+            ("retrieval.media_root", media_root, "--media-root"),
+            ("eval.batch_size", batch_size, "--batch-size"),
+            ("device", device, "--device"),
+        ]
+        if value is not None
+    ]
+    if dual_softmax:
+        shortcuts.append(("retrieval.dual_softmax", True, "--dual-softmax"))
+    shortcuts.append(("tracking.uri", tracking_uri, "--tracking-uri"))
+    shortcuts.append(("tracking.enabled", tracking, "--tracking"))
+    with user_errors(), sigterm_as_interrupt():
+        task = load_checkpoint(checkpoint).get("task")
+        if task != "retrieval":
+            raise CheckpointError(
+                f"{checkpoint} is a {task} checkpoint; evaluate it with `s4v eval {task}`"
+            )
+        result = evaluate_checkpoint(
+            checkpoint,
+            out_dir=output_dir or checkpoint.parent / f"eval-{checkpoint.stem}",
+            overrides=overrides or [],
+            shortcuts=shortcuts,
+            progress=True,
+        )
+    metrics = result.evaluation.metrics
+    cfg = result.config
+    rows = [
+        ("checkpoint", str(checkpoint)),
+        ("dataset", f"{cfg.data.dataset} ({cfg.data.root})"),
+        ("model", f"{cfg.model.preset} / {cfg.model.method}"),
+        *retrieval_rows(metrics, prefix=""),
+    ]
+    dsl = retrieval_rows(metrics, prefix="dsl/")
+    rows += [(f"dual-softmax {name}", value) for name, value in dsl]
+    rows.append(("report", str(result.out_dir)))
+    if result.run_id is not None:
+        rows.append(("MLflow run", result.run_id))
+    console.print(summary_table("evaluation", rows))
+    if result.run_id is not None:
+        console.print(f"open the MLflow UI: {ui_command(cfg.tracking.uri)}", soft_wrap=True)

@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts
 from s4v_orchestration.tasks.recognition import RecognitionTask
+from s4v_orchestration.tasks.retrieval import RetrievalTask
 
 TASKS: dict[str, Callable[[], Task]] = {
     "recognition": RecognitionTask,
+    "retrieval": RetrievalTask,
 }
 
 

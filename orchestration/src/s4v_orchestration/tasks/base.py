@@ -47,7 +47,11 @@ class Evaluation:
 
 
 class Task(Protocol):
-    """Everything task-specific that ``train()`` needs."""
+    """Everything task-specific that ``train()`` needs.
+
+    A task may also define ``parameter_groups(model, config) -> list[dict]`` (AdamW parameter
+    groups, each with its own ``lr``); without it every trainable parameter uses ``solver.lr``.
+    """
 
     name: str
     best_metric: str  # validation metric (higher is better) that selects best.pt, e.g. "top1"

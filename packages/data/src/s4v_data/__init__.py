@@ -29,6 +29,16 @@ if TYPE_CHECKING:
     )
     from s4v_data.dataset import SkipBadSamples, VideoClipDataset, collate_clips, make_loader
     from s4v_data.decode import DecodeError, IsolatedVideoReader, decode_rawframes, decode_video
+    from s4v_data.retrieval import (
+        RETRIEVAL_LAYOUTS,
+        CaptionedVideos,
+        RetrievalLayout,
+        read_msrvtt,
+        read_msvd,
+        read_synthetic,
+        read_vatex,
+    )
+    from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
     from s4v_data.sampling import ClipPlan, sample_indices
     from s4v_data.specs import DATASETS, DatasetSpec
     from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
@@ -37,15 +47,20 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DATASETS",
+    "RETRIEVAL_LAYOUTS",
     "AnnotationError",
+    "CaptionedVideos",
     "ClipPlan",
     "ClipTransform",
     "DatasetSpec",
     "DecodeError",
     "IsolatedVideoReader",
+    "RetrievalLayout",
+    "RetrievalVideos",
     "SkipBadSamples",
     "VideoClipDataset",
     "VideoRecord",
+    "VideoTextPairs",
     "check_labels",
     "collate_clips",
     "decode_rawframes",
@@ -53,7 +68,11 @@ __all__ = [
     "make_loader",
     "read_labels",
     "read_list",
+    "read_msrvtt",
+    "read_msvd",
     "read_rawframe_list",
+    "read_synthetic",
+    "read_vatex",
     "read_video_list",
     "sample_indices",
     "write_labels",
@@ -81,6 +100,15 @@ _WHERE = {
     "IsolatedVideoReader": "decode",
     "decode_rawframes": "decode",
     "decode_video": "decode",
+    "RETRIEVAL_LAYOUTS": "retrieval",
+    "CaptionedVideos": "retrieval",
+    "RetrievalLayout": "retrieval",
+    "read_msrvtt": "retrieval",
+    "read_msvd": "retrieval",
+    "read_synthetic": "retrieval",
+    "read_vatex": "retrieval",
+    "RetrievalVideos": "retrieval_dataset",
+    "VideoTextPairs": "retrieval_dataset",
     "ClipPlan": "sampling",
     "sample_indices": "sampling",
     "DATASETS": "specs",
