@@ -1,13 +1,17 @@
-"""`s4v sweep` refuses bad input before Ray starts or any trial runs, naming what to fix."""
+"""`s4v sweep` refuses bad input before Ray starts or any trial runs, naming what to fix; every
+shipped sweep file and a retrieval sweep resolve against the run config."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
+from s4v_orchestration.sweep.driver import resolve_base_config
+from s4v_orchestration.sweep.spec import load_sweep_file
 
 runner = CliRunner()
 
@@ -65,3 +69,31 @@ def test_existing_sweep_is_not_overwritten_and_a_missing_one_not_resumed(tmp_pat
     refused = _invoke(tmp_path, str(path))
     assert refused.exit_code == 2
     assert "already exists: pass --resume" in refused.output
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_shipped_sweep_file_resolves_against_the_run_config(path: Path) -> None:
+    spec = load_sweep_file(path)
+    base = resolve_base_config(spec, str(path))
+    assert base.task == spec.task
+    dumped = base.model_dump(mode="json")
+    for key, value in spec.set.items():
+        node = dumped
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+
+
+def test_retrieval_sweep_resolves_and_optimises_text_to_video_r1(tmp_path: Path) -> None:
+    path = tmp_path / "retrieval.yaml"
+    path.write_text(
+        "task: retrieval\ndataset: synthetic\nset: {solver.epochs: 2}\n"
+        "search_space:\n  solver.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}\n"
+    )
+    spec = load_sweep_file(path)
+    base = resolve_base_config(spec, str(path))
+    assert (base.task, base.solver.epochs) == ("retrieval", 2)
+    assert spec.objective == ("val/t2v/R1", "max")
