@@ -29,7 +29,7 @@ from s4v_orchestration.tasks.base import Evaluation, TaskParts, Track, no_track
 from s4v_orchestration.tasks.recognition import DataNotFoundError
 from s4v_retrieval import PRESETS, build_model, tokenizer_for
 from s4v_retrieval.loss import symmetric_infonce
-from s4v_retrieval.metrics import dual_softmax_metrics, retrieval_metrics, retrieval_ranks
+from s4v_retrieval.metrics import dual_softmax_metrics, rank_metrics, retrieval_ranks
 from s4v_retrieval.model import RetrievalModel
 from s4v_retrieval.similarity import TextFeatures, VideoFeatures, blockwise_scores
 
@@ -239,10 +239,9 @@ class RetrievalTask:
         # Captions are cheap next to videos: every rank encodes all of them.
         tokenize = tokenizer_for(model)
         captions = [caption for _, caption in annotations.pairs()]
-        chunk = loader.batch_size * 8
+        starts = range(0, len(captions), chunk := loader.batch_size * 8)
         parts = []
-        for start in track(range(0, len(captions), chunk), -(-len(captions) // chunk),
-                           f"{description}: captions"):  # fmt: skip
+        for start in track(starts, len(starts), f"{description}: captions"):
             tokens = tokenize(captions[start : start + chunk]).to(device)
             feats = model.encode_text(tokens)
             parts.append((feats.tokens.float().cpu(), feats.mask.cpu(), feats.pooled.float().cpu()))
@@ -256,32 +255,31 @@ class RetrievalTask:
 
     def _score_block(self, model: RetrievalModel, text: TextFeatures, video: VideoFeatures):
         """Similarity blocks computed on the model's device, returned on the CPU for ranking."""
-        device = next(model.similarity.parameters(), model.logit_scale.log_scale).device
+        device = model.logit_scale.log_scale.device
         on_device = blockwise_scores(
             model.similarity,
-            TextFeatures(
-                tokens=text.tokens.to(device), mask=text.mask.to(device),
-                pooled=text.pooled.to(device),
-            ),
-            VideoFeatures(frames=video.frames.to(device), mask=video.mask.to(device)),
+            text.to(device),
+            video.to(device),
             video_chunk=self.config.retrieval.eval_video_chunk,
-        )  # fmt: skip
+        )
         return lambda start, stop: on_device(start, stop).float().cpu()
 
-    def metrics(
+    def rank(
         self, model: RetrievalModel, text: TextFeatures, video: VideoFeatures, split: Split
-    ) -> dict[str, float]:
-        """Plain R@1/5/10, MdR, MnR both ways (and ``dsl/...`` if dual softmax is switched on)."""
-        annotations = self.annotations[split]
+    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """Metrics (plain, and ``dsl/...`` if dual softmax is on) and the t2v and v2t ranks."""
         score_block = self._score_block(model, text, video)
-        text_to_video = torch.tensor(annotations.text_to_video())
+        text_to_video = torch.tensor(self.annotations[split].text_to_video())
+        num_videos = video.frames.shape[0]
         chunk = self.config.retrieval.eval_text_chunk
-        out = retrieval_metrics(score_block, text_to_video, video.frames.shape[0], chunk_size=chunk)
+        t2v, v2t = retrieval_ranks(score_block, text_to_video, num_videos, chunk_size=chunk)
+        metrics = {f"t2v/{k}": v for k, v in rank_metrics(t2v).items()}
+        metrics |= {f"v2t/{k}": v for k, v in rank_metrics(v2t).items()}
         if self.config.retrieval.dual_softmax:
-            out |= dual_softmax_metrics(
-                score_block, text_to_video, video.frames.shape[0], chunk_size=chunk
+            metrics |= dual_softmax_metrics(
+                score_block, text_to_video, num_videos, chunk_size=chunk
             )
-        return out
+        return metrics, t2v, v2t
 
     def validate(
         self,
@@ -296,7 +294,8 @@ class RetrievalTask:
         text, video = self.encode(
             model, loader, self.annotations[VAL_SPLIT], device, env, track=track
         )
-        return self.metrics(model, text, video, VAL_SPLIT)
+        metrics, _, _ = self.rank(model, text, video, VAL_SPLIT)
+        return metrics
 
     def final_test(
         self,
@@ -315,15 +314,9 @@ class RetrievalTask:
         text, video = self.encode(
             model, loader, annotations, device, env, track=track, description="test"
         )
-        metrics = self.metrics(model, text, video, VAL_SPLIT)
+        metrics, t2v, v2t = self.rank(model, text, video, VAL_SPLIT)
         files = []
         if env.is_main:
-            t2v, v2t = retrieval_ranks(
-                self._score_block(model, text, video),
-                torch.tensor(annotations.text_to_video()),
-                annotations.num_videos,
-                chunk_size=config.retrieval.eval_text_chunk,
-            )
             files = write_retrieval_report(
                 out_dir, annotations=annotations, t2v=t2v, v2t=v2t, metrics=metrics
             )

@@ -42,6 +42,11 @@ class TextFeatures:
             pooled=all_gather_with_grad(self.pooled),
         )
 
+    def to(self, device: torch.device | str) -> TextFeatures:
+        return TextFeatures(
+            tokens=self.tokens.to(device), mask=self.mask.to(device), pooled=self.pooled.to(device)
+        )
+
     def __getitem__(self, index: slice) -> TextFeatures:
         return TextFeatures(
             tokens=self.tokens[index], mask=self.mask[index], pooled=self.pooled[index]
@@ -64,6 +69,9 @@ class VideoFeatures:
             frames=all_gather_with_grad(self.frames),
             mask=all_gather_with_grad(self.mask.to(torch.uint8)).bool(),
         )
+
+    def to(self, device: torch.device | str) -> VideoFeatures:
+        return VideoFeatures(frames=self.frames.to(device), mask=self.mask.to(device))
 
     def __getitem__(self, index: slice) -> VideoFeatures:
         return VideoFeatures(frames=self.frames[index], mask=self.mask[index])
