@@ -63,7 +63,7 @@ def test_ui_serves_the_store_on_loopback_and_stops_on_ctrl_c(tmp_path: Path) -> 
         assert bound <= {"127.0.0.1"}, bound
     finally:
         ui.send_signal(signal.SIGINT)
-        out, _ = ui.communicate(timeout=60)
+        out, _ = ui.communicate(timeout=120)
     assert ui.returncode == 0, out
     assert "MLflow UI stopped" in out
     assert not _listening(port)

@@ -94,9 +94,20 @@ def ui(
             console.print(f"ready: {url}", highlight=False)
         server.wait()
     except KeyboardInterrupt:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        _stop(server)
         console.print("MLflow UI stopped")
         return
     if server.returncode != 0:
         raise typer.Exit(server.returncode)
+
+
+def _stop(server: subprocess.Popen, grace: float = 15.0) -> None:
+    """Stop the UI's process group: SIGTERM, then SIGKILL if it is still there after ``grace`` s."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        # A loaded machine can make MLflow's graceful shutdown outlast any patience; the port must
+        # still be freed.
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
