@@ -340,7 +340,7 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "synthetic": {"videos_per_class": 60, "num_frames": 16, "size": 32},
             },
             "model": {"preset": "tiny", "pretrained": None},
-            "solver": {"epochs": 10, "warmup_epochs": 1, "lr": 2e-3, "weight_decay": 0.05},
+            "solver": {"epochs": 30, "warmup_epochs": 1, "lr": 2e-3, "weight_decay": 0.05},
             "retrieval": {"train_text": True, "text_lr_scale": 1.0, "captions": "random-caption"},
             "device": "cpu",
         },
