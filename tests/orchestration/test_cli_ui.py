@@ -42,6 +42,9 @@ def test_ui_serves_the_store_on_loopback_and_stops_on_ctrl_c(tmp_path: Path) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A test run started in the background of a non-interactive shell inherits an ignored
+        # SIGINT, and Python then installs no KeyboardInterrupt handler: give the UI a terminal's.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         address = ui.stdout.readline()
