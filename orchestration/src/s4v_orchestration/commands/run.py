@@ -28,6 +28,32 @@ app = typer.Typer(
 )
 
 
+# Options that mean the same in every `s4v run <task>` command.
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML file with any run-config fields; overrides the preset."),
+]
+PretrainedOption = Annotated[
+    str | None,
+    typer.Option(
+        help="CLIP weights: an open_clip tag such as openai, a local file, or none for "
+        "random weights (model.pretrained)."
+    ),
+]
+EpochsOption = Annotated[int | None, typer.Option(help="Training epochs (solver.epochs).")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (device).")]
+TrackingOption = Annotated[
+    bool, typer.Option("--tracking/--no-tracking", help="Record the run in MLflow.")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Continue from <output-dir>/last.pt after an interruption.")
+]
+ResumeFromOption = Annotated[
+    Path | None, typer.Option(help="Continue from this checkpoint instead.")
+]
+VerboseOption = Annotated[bool, typer.Option(help="Log s4v's info messages.")]
+
+
 @app.command()
 def recognition(
     dataset: Annotated[
@@ -37,12 +63,7 @@ def recognition(
             "synthetic is generated on first use and trains on the CPU in minutes."
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="YAML file with any run-config fields; overrides the preset."
-        ),
-    ] = None,
+    config: ConfigOption = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option(
@@ -61,20 +82,12 @@ def recognition(
             "side4video-b16, side4video-b16-light, side4video-l14 (model.preset)."
         ),
     ] = None,
-    pretrained: Annotated[
-        str | None,
-        typer.Option(
-            help="CLIP weights: an open_clip tag such as openai, a local file, or none for "
-            "random weights (model.pretrained)."
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (solver.epochs).")] = None,
+    pretrained: PretrainedOption = None,
+    epochs: EpochsOption = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Videos per process and step (data.batch_size).")
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (device).")
-    ] = None,
+    device: DeviceOption = None,
     views: Annotated[
         str | None,
         typer.Option(
@@ -94,26 +107,18 @@ def recognition(
             "http://localhost:5000 (tracking.uri)."
         ),
     ] = None,
-    tracking: Annotated[
-        bool, typer.Option("--tracking/--no-tracking", help="Record the run in MLflow.")
-    ] = True,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue from <output-dir>/last.pt after an interruption."),
-    ] = False,
-    resume_from: Annotated[
-        Path | None, typer.Option(help="Continue from this checkpoint instead.")
-    ] = None,
-    verbose: Annotated[bool, typer.Option(help="Log s4v's info messages.")] = False,
+    tracking: TrackingOption = True,
+    resume: ResumeOption = False,
+    resume_from: ResumeFromOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train and test an action-recognition model: `s4v run recognition --dataset synthetic`."""
     # Imported here so that `s4v --help` stays fast (no torch / MLflow import).
     from s4v_orchestration.config import parse_views
 
     configure_logging(verbose)
-    shortcuts: list[Shortcut] = [
-        (path, value, option)
-        for path, value, option in [
+    shortcuts = _shortcuts(
+        [
             ("data.root", data_root, "--data-root"),
             ("model.preset", backbone, "--backbone"),
             ("solver.epochs", epochs, "--epochs"),
@@ -121,13 +126,10 @@ def recognition(
             ("device", device, "--device"),
             ("output_dir", output_dir, "--output-dir"),
             ("tracking.uri", tracking_uri, "--tracking-uri"),
-        ]
-        if value is not None
-    ]
-    if pretrained is not None:
-        shortcuts.append(("model.pretrained", _none_word(pretrained), "--pretrained"))
-    if not tracking:
-        shortcuts.append(("tracking.enabled", False, "--no-tracking"))
+        ],
+        pretrained=pretrained,
+        tracking=tracking,
+    )
     started = time.perf_counter()
     with user_errors():
         if views is not None:
@@ -169,12 +171,7 @@ def retrieval(
             "synthetic (captioned) is generated on first use and trains on the CPU in minutes."
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="YAML file with any run-config fields; overrides the preset."
-        ),
-    ] = None,
+    config: ConfigOption = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option(
@@ -208,21 +205,13 @@ def retrieval(
             "(plain CLIP frame embeddings) (model.method)."
         ),
     ] = None,
-    pretrained: Annotated[
-        str | None,
-        typer.Option(
-            help="CLIP weights: an open_clip tag such as openai, a local file, or none for "
-            "random weights (model.pretrained)."
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (solver.epochs).")] = None,
+    pretrained: PretrainedOption = None,
+    epochs: EpochsOption = None,
     batch_size: Annotated[
         int | None,
         typer.Option(help="Video-caption pairs per process and step (data.batch_size)."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (device).")
-    ] = None,
+    device: DeviceOption = None,
     output_dir: Annotated[
         Path | None,
         typer.Option(
@@ -236,23 +225,15 @@ def retrieval(
             "(tracking.uri)."
         ),
     ] = None,
-    tracking: Annotated[
-        bool, typer.Option("--tracking/--no-tracking", help="Record the run in MLflow.")
-    ] = True,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue from <output-dir>/last.pt after an interruption."),
-    ] = False,
-    resume_from: Annotated[
-        Path | None, typer.Option(help="Continue from this checkpoint instead.")
-    ] = None,
-    verbose: Annotated[bool, typer.Option(help="Log s4v's info messages.")] = False,
+    tracking: TrackingOption = True,
+    resume: ResumeOption = False,
+    resume_from: ResumeFromOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train and test a text-video retrieval model: `s4v run retrieval --dataset synthetic`."""
     configure_logging(verbose)
-    shortcuts: list[Shortcut] = [
-        (path, value, option)
-        for path, value, option in [
+    shortcuts = _shortcuts(
+        [
             ("data.root", data_root, "--data-root"),
             ("retrieval.media_root", media_root, "--media-root"),
             ("model.preset", backbone, "--backbone"),
@@ -262,13 +243,10 @@ def retrieval(
             ("device", device, "--device"),
             ("output_dir", output_dir, "--output-dir"),
             ("tracking.uri", tracking_uri, "--tracking-uri"),
-        ]
-        if value is not None
-    ]
-    if pretrained is not None:
-        shortcuts.append(("model.pretrained", _none_word(pretrained), "--pretrained"))
-    if not tracking:
-        shortcuts.append(("tracking.enabled", False, "--no-tracking"))
+        ],
+        pretrained=pretrained,
+        tracking=tracking,
+    )
     started = time.perf_counter()
     result = _train("retrieval", dataset, config, overrides, shortcuts, resume, resume_from)
 
@@ -302,6 +280,16 @@ def retrieval_rows(metrics: dict[str, float], *, prefix: str) -> list[tuple[str,
             )
         )
     return rows
+
+
+def _shortcuts(given: list[Shortcut], *, pretrained: str | None, tracking: bool) -> list[Shortcut]:
+    """The shortcut options the user actually passed, as (config path, value, option) triples."""
+    shortcuts = [(path, value, option) for path, value, option in given if value is not None]
+    if pretrained is not None:
+        shortcuts.append(("model.pretrained", _none_word(pretrained), "--pretrained"))
+    if not tracking:
+        shortcuts.append(("tracking.enabled", False, "--no-tracking"))
+    return shortcuts
 
 
 def _print_summary(result: TrainResult, rows: list[tuple[str, str]], started: float) -> None:
