@@ -7,7 +7,9 @@ import hashlib
 import open_clip
 import pytest
 import torch
+from torch import nn
 
+from s4v_core import backbone as backbone_module
 from s4v_core.backbone import FrozenViT, build_backbone, create_clip
 from s4v_core.memory import SavedTensorMeter
 
@@ -55,6 +57,68 @@ def test_tokens_after_every_block_equal_open_clip_intermediates(tiny_clip: open_
         torch.testing.assert_close(ours, torch.cat([cls, patches], dim=1))
     with torch.no_grad():
         torch.testing.assert_close(backbone.encode_image(images), tiny_clip.visual(images))
+
+
+@pytest.mark.parametrize("act", ["quickgelu", "gelu"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_fast_blocks_compute_open_clips_block_forward(act: str, autocast: bool) -> None:
+    torch.manual_seed(0)
+    clip = open_clip.create_model("s4v-tiny")
+    visual = clip.visual
+    assert all(
+        isinstance(b.mlp.gelu, open_clip.transformer.QuickGELU)
+        for b in visual.transformer.resblocks
+    )
+    if act == "gelu":
+        for block in visual.transformer.resblocks:
+            block.mlp.gelu = nn.GELU()
+    backbone = FrozenViT(visual, {"name": "s4v-tiny"})
+    assert all(backbone._plain)
+    tokens = torch.randn(3, 17, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for index, block in enumerate(backbone.blocks):
+            ours = backbone.block(index, tokens)
+            theirs = block(tokens)
+            assert ours.dtype == theirs.dtype == torch.float32
+            tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}
+            torch.testing.assert_close(ours, theirs, **tolerance)
+            tokens = theirs
+
+
+def test_cpu_blocks_run_over_groups_of_images_with_the_same_result(monkeypatch) -> None:
+    torch.manual_seed(0)
+    backbone = FrozenViT(open_clip.create_model("s4v-tiny").visual, {"name": "s4v-tiny"})
+    tokens = torch.randn(5, 17, 64)
+    whole = backbone.block(0, tokens)
+    groups = []
+    real_block = backbone_module._frozen_block
+
+    def counting(block, x, out=None):
+        groups.append(x.shape[0])
+        return real_block(block, x, out)
+
+    monkeypatch.setattr(backbone_module, "_frozen_block", counting)
+    per_image = 17 * 256 * 4  # fp32 MLP hidden bytes of one image
+    monkeypatch.setattr(backbone_module, "CPU_CHUNK_BYTES", 2 * per_image)
+    grouped = backbone.block(0, tokens)
+    assert groups == [2, 2, 1]  # at most 2 images' hidden activations at a time
+    torch.testing.assert_close(grouped, whole)
+    groups.clear()
+    monkeypatch.setattr(backbone_module, "CPU_CHUNK_BYTES", 3 * per_image)
+    torch.testing.assert_close(backbone.block(0, tokens), whole)
+    assert groups == [3, 2]
+
+
+def test_blocks_the_fast_path_does_not_cover_run_open_clips_forward() -> None:
+    torch.manual_seed(0)
+    clip = open_clip.create_model("s4v-tiny")
+    scaled = open_clip.transformer.ResidualAttentionBlock(64, 2, ls_init_value=0.5)
+    clip.visual.transformer.resblocks[1] = scaled
+    backbone = FrozenViT(clip.visual, {"name": "s4v-tiny"})
+    assert backbone._plain == [True, False, True, True]
+    tokens = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.block(1, tokens), scaled(tokens), rtol=0, atol=0)
 
 
 def test_backbone_is_frozen_builds_no_graph_and_saves_nothing() -> None:
