@@ -4,10 +4,17 @@
                        keeps the LayerNorm's input *and* its D-wide output (~19 % of what the
                        reference saves, spec 1.7); here only the input is kept (the backbone's
                        tokens, which exist anyway) and the normalisation is recomputed in backward,
-                       an elementwise pass. The Linear's forward is not repeated.
+                       an elementwise pass. The Linear's forward is not repeated. When the input
+                       needs no gradient (frozen backbone tokens), backward also skips autograd's
+                       (rows x C) @ (C x D) product for the LayerNorm's gradient: one product of the
+                       output gradient with the *unscaled* normalised input gives the Linear's and
+                       the LayerNorm's weight gradients together (see ``_tap_weight_grads``).
 ``gelu_mlp``           Linear -> exact GELU -> Linear. Autograd keeps the hidden pre-activation and
                        the GELU output, both 4C wide; here only the pre-activation is kept and the
                        GELU is recomputed in backward.
+``temporal_taps``      The depth-wise temporal 3-tap conv on ``(B, T, N, C)`` tokens as in-place
+                       multiply-adds on frame-shifted views, forward and backward: autograd's
+                       version of the same slicing copies the whole gradient for every shifted view.
 
 Both replay the forward's autocast state (CPU and CUDA) in backward, so they give the gradients
 autograd would under mixed precision too: the matrix products run in the autocast dtype and the
@@ -41,6 +48,8 @@ class _LayerNormLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, norm_weight, norm_bias, weight = ctx.saved_tensors
         need_x, need_nw, need_nb, need_w, need_b, _ = ctx.needs_input_grad
+        if not need_x:
+            return (None, *_tap_weight_grads(ctx, grad_out), None)
         leaves = [
             x.detach().requires_grad_(need_x),
             norm_weight.detach().requires_grad_(need_nw),
@@ -64,6 +73,41 @@ class _LayerNormLinear(torch.autograd.Function):
             for i, grad in zip(wanted, found, strict=True):
                 grads[i] = grad
         return (*grads, grad_weight, grad_bias, None)
+
+
+def _tap_weight_grads(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of LayerNorm weight g, bias b, Linear weight W and bias c, for an input x that
+    needs none, from one (C x rows) @ (rows x D) product.
+
+    With u = (x - mean) / std (the LayerNorm without its affine), the Linear reads u * g + b, so
+    for an output gradient G (rows x C) and s = sum over rows of G:
+
+        dW = G^T (u * g + b) = (G^T u) * g + s b^T        dc = s
+        dg = sum_rows (G W) * u = column sums of W * (G^T u)
+        db = sum_rows G W = s W
+
+    Autograd would form G^T (u * g + b) and G W separately: two products of that size.
+    """
+    x, norm_weight, norm_bias, weight = ctx.saved_tensors
+    _, need_nw, need_nb, need_w, need_b, _ = ctx.needs_input_grad
+    dtype = ctx.compute_dtype
+    with replay_autocast(ctx.autocast):
+        unit = F.layer_norm(x, x.shape[-1:], None, None, ctx.eps)  # u, in the forward's LN dtype
+    grad_rows = _matrix(grad_out)
+    grad_sum = grad_rows.sum(0, dtype=torch.float32)  # s, accumulated in fp32
+    gu = (grad_rows.T @ _matrix(unit.to(dtype))).float()  # G^T u, (C, D)
+    master = weight.float()
+    grad_weight = grad_bias = grad_norm_weight = grad_norm_bias = None
+    if need_w:
+        grad_weight = torch.addr(gu * norm_weight.float(), grad_sum, norm_bias.float())
+        grad_weight = grad_weight.to(weight.dtype)
+    if need_b:
+        grad_bias = grad_sum.to(weight.dtype)  # bias shares the weight's dtype
+    if need_nw:
+        grad_norm_weight = (gu * master).sum(0).to(norm_weight.dtype)
+    if need_nb:
+        grad_norm_bias = (grad_sum @ master).to(norm_bias.dtype)
+    return grad_norm_weight, grad_norm_bias, grad_weight, grad_bias
 
 
 def layer_norm_linear(
@@ -107,3 +151,47 @@ class _GeluMlp(torch.autograd.Function):
 def gelu_mlp(x: torch.Tensor, fc1: torch.nn.Linear, fc2: torch.nn.Linear) -> torch.Tensor:
     """``fc2(gelu(fc1(x)))`` (exact GELU) keeping ``x`` and ``fc1(x)`` for backward."""
     return _GeluMlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+
+
+class _TemporalTaps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        out = torch.addcmul(bias, x, weight[:, 1])
+        out[:, 1:].addcmul_(x[:, :-1], weight[:, 0])  # frame t reads frame t-1
+        out[:, :-1].addcmul_(x[:, 1:], weight[:, 2])  # frame t reads frame t+1
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad
+        grad_x = grad_weight = grad_bias = None
+        positions = (0, 1, 2)  # every dim but the channels
+        if need_x:
+            grad_x = grad * weight[:, 1]
+            grad_x[:, :-1].addcmul_(grad[:, 1:], weight[:, 0])
+            grad_x[:, 1:].addcmul_(grad[:, :-1], weight[:, 2])
+            grad_x = grad_x.to(x.dtype)
+        if need_weight:
+            grad_weight = torch.stack(
+                [
+                    (grad[:, 1:] * x[:, :-1]).sum(positions),
+                    (grad * x).sum(positions),
+                    (grad[:, :-1] * x[:, 1:]).sum(positions),
+                ],
+                dim=1,
+            ).to(weight.dtype)
+        if need_bias:
+            grad_bias = grad.sum(positions).to(weight.dtype)
+        return grad_x, grad_weight, grad_bias
+
+
+def temporal_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depth-wise temporal conv, kernel 3, zero padding: ``(B, T, N, C) -> (B, T, N, C)``.
+
+    ``out[:, t] = bias + weight[:, 0] * x[:, t-1] + weight[:, 1] * x[:, t] + weight[:, 2] * x[:, t+1]``
+    with frames outside the clip read as zero; ``weight`` is ``(C, 3)``, ``bias`` ``(C,)``. Keeps
+    only ``x`` for backward.
+    """
+    return _TemporalTaps.apply(x, weight, bias)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from s4v_core.fused import gelu_mlp, layer_norm_linear
+from s4v_core.fused import gelu_mlp, layer_norm_linear, temporal_taps
 from s4v_core.recompute import recompute
 
 # The reference scales output projections by (2 * layers) ** -0.5 with layers fixed at 12.
@@ -128,9 +128,9 @@ class DepthwiseTemporalConv(nn.Module):
     """The reference's Conv3d(C, C, kernel (3, 1, 1), padding (1, 0, 0), groups=C) on tokens.
 
     Each channel mixes frames t-1, t, t+1 (zero beyond the clip) with its own 3 taps and a bias.
-    Done as three fused multiply-adds on ``(B, T, N, C)``: on the CPU that is several times faster
-    than a depth-wise Conv3d, which converts the channels-last layout back and forth, and it keeps
-    only its input for backward. Weight ``(C, 3)`` = the Conv3d weight ``(C, 1, 3, 1, 1)`` squeezed,
+    Done as three fused multiply-adds on ``(B, T, N, C)`` (:func:`s4v_core.fused.temporal_taps`):
+    on the CPU that is several times faster than a depth-wise Conv3d, which converts the
+    channels-last layout back and forth, and it keeps only its input for backward. Weight ``(C, 3)`` = the Conv3d weight ``(C, 1, 3, 1, 1)`` squeezed,
     initialised from the same distribution (PyTorch's Conv3d default, fan_in 3).
     """
 
@@ -143,10 +143,7 @@ class DepthwiseTemporalConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``(B, T, N, C)`` -> ``(B, T, N, C)``."""
-        out = torch.addcmul(self.bias, x, self.weight[:, 1])
-        out[:, 1:] += x[:, :-1] * self.weight[:, 0]
-        out[:, :-1] += x[:, 1:] * self.weight[:, 2]
-        return out
+        return temporal_taps(x, self.weight, self.bias)
 
 
 class TemporalConv(nn.Module):
@@ -311,7 +308,7 @@ class SideNetwork(nn.Module):
                 continue
             i = slot[layer]
             y = self.taps[i](tokens)  # (B*T, 1+N, C)
-            x = (x + y[:, 1:]) * 0.5  # bitwise 0.5 * x + 0.5 * y, in two passes instead of three
+            x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
             # A copy, so that what the block keeps for backward does not pin all of y.
             cls = y[:, :1].contiguous()  # (B*T, 1, C)
             if self.grad_checkpointing:
