@@ -19,12 +19,23 @@ def test_bench_memory_prints_a_table_and_writes_json_and_a_chart(tmp_path) -> No
         terminal_width=200,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    for method in ("side4video", "side4video-light", "full-finetune", "linear-probe"):
+    methods = (
+        "side4video",
+        "side4video-light",
+        "reference-layout",
+        "full-finetune",
+        "linear-probe",
+    )
+    for method in methods:
         assert method in result.output
+    assert "side4video / reference-layout: fwd+bwd" in result.output
     report = json.loads((tmp_path / "memory-tiny-fp32-b2x8.json").read_text())
     assert report["settings"]["threads"] == 2 and report["settings"]["precision"] == "fp32"
+    assert [r["method"] for r in report["results"]] == list(methods)
     saved = {r["method"]: r["saved_mib"] for r in report["results"]}
-    assert saved["side4video-light"] < saved["side4video"]
+    assert saved["side4video-light"] < saved["side4video"] < saved["reference-layout"]
+    ratio = report["against_reference"]["saved_ratio"]
+    assert ratio == saved["side4video"] / saved["reference-layout"]
     assert (tmp_path / "memory-tiny-fp32-b2x8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,8 +16,12 @@ def test_memory_bench_orders_the_methods_as_the_paper_does() -> None:
     results = _by_method()
     side, light = results["side4video"], results["side4video-light"]
     full, probe = results["full-finetune"], results["linear-probe"]
-    assert (side.side_dim, light.side_dim) == (128, 64)
-    assert side.trainable_params == 1_060_910  # `s4v models`, K=174
+    reference = results["reference-layout"]
+    assert (side.side_dim, light.side_dim, reference.side_dim) == (128, 64, 128)
+    assert side.trainable_params == reference.trainable_params == 1_060_910  # `s4v models`, K=174
+    assert side.total_params == reference.total_params
+    # The reference keeps more (the taps' D-wide LayerNorm outputs, among others).
+    assert side.saved_bytes < reference.saved_bytes
     assert full.trainable_params == full.total_params
     assert probe.trainable_params == 64 * 174 + 174
     # Linear probing keeps only the head's input; the frozen backbone keeps nothing.

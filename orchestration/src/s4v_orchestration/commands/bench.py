@@ -25,6 +25,7 @@ err_console = Console(stderr=True)
 
 RAWFRAMES_OVER_VIDEO = 3.0  # target: rawframes at least 3x the video loader
 VIDEO_OVER_RAW = 0.8  # target: the video loader at least 80% of raw decord
+TIME_OVER_REFERENCE = 0.85  # target: side4video's step at most 0.85x the reference's
 
 
 @bench_app.command("data")
@@ -108,9 +109,11 @@ def memory(
     methods: Annotated[
         str,
         typer.Option(
-            help="Comma-separated methods: side4video, side4video-light, full-finetune, linear-probe."
+            help="Comma-separated methods: side4video, side4video-light, reference-layout (the "
+            "same model computed as the reference implementation does, the yardstick on this "
+            "machine), full-finetune, linear-probe."
         ),
-    ] = "side4video,side4video-light,full-finetune,linear-probe",
+    ] = "side4video,side4video-light,reference-layout,full-finetune,linear-probe",
     light_side_dim: Annotated[
         int,
         typer.Option(min=1, help="Side width C of side4video-light (paper Table 2: 128 for B/16)."),
@@ -216,15 +219,48 @@ def memory(
     wide = console if sys.stdout.isatty() else Console(width=120)
     wide.print(table)
 
+    comparison = _against_reference(results)
+    if comparison:
+        verdict = (
+            "[green]meets[/green]"
+            if comparison["time_ratio"] <= TIME_OVER_REFERENCE
+            else "[red]misses[/red]"
+        )
+        wide.print(
+            f"side4video / reference-layout: fwd+bwd {comparison['time_ratio']:.2f}x "
+            f"({verdict} the target <= {TIME_OVER_REFERENCE:g}x), saved for backward "
+            f"{comparison['saved_ratio']:.2f}x; timings on a shared CPU are noisy",
+            highlight=False,
+        )
+
     out.mkdir(parents=True, exist_ok=True)
     stem = f"memory-{preset}-{precision}-b{batch}x{frames}{'-ckpt' if checkpointing else ''}"
     json_path = out / f"{stem}.json"
     json_path.write_text(
-        json.dumps({"settings": settings, "results": [r.as_dict() for r in results]}, indent=2)
+        json.dumps(
+            {
+                "settings": settings,
+                "results": [r.as_dict() for r in results],
+                "against_reference": comparison,
+            },
+            indent=2,
+        )
     )
     png_path = out / f"{stem}.png"
     _plot(results, png_path, table.title, cuda)
     wide.print(f"wrote {json_path} and {png_path}", highlight=False, soft_wrap=True)
+
+
+def _against_reference(results: list) -> dict | None:
+    """side4video's time and saved bytes over the reference layout's, when both were measured."""
+    by_method = {r.method: r for r in results}
+    ours, reference = by_method.get("side4video"), by_method.get("reference-layout")
+    if ours is None or reference is None:
+        return None
+    return {
+        "time_ratio": ours.median_seconds / reference.median_seconds,
+        "saved_ratio": ours.saved_bytes / reference.saved_bytes if reference.saved_bytes else None,
+    }
 
 
 def _plot(results: list, path: Path, title: str, cuda: bool) -> None:
@@ -239,7 +275,14 @@ def _plot(results: list, path: Path, title: str, cuda: bool) -> None:
     else:
         values = [r.saved_mib for r in results]
         axes.set_ylabel("saved for backward (MiB)")
-    bars = axes.bar(names, values, color=["#2b7bba", "#7fb8e0", "#d95f02", "#999999"][: len(names)])
+    colours = {
+        "side4video": "#2b7bba",
+        "side4video-light": "#7fb8e0",
+        "reference-layout": "#7570b3",
+        "full-finetune": "#d95f02",
+        "linear-probe": "#999999",
+    }
+    bars = axes.bar(names, values, color=[colours[name] for name in names])
     axes.bar_label(bars, fmt="%.1f" if cuda else "%.0f")
     axes.set_title(title, fontsize=9)
     figure.savefig(path, dpi=120)

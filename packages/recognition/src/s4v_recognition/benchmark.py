@@ -4,6 +4,11 @@ For each method one training step (forward, cross-entropy, backward) on random f
 weights is measured: parameter counts, the bytes autograd keeps for backward (each storage once,
 parameters excluded; see :class:`s4v_core.memory.SavedTensorMeter`), the median wall-clock and
 process CPU time of a step, and on CUDA the peak allocated memory.
+
+Methods: ``side4video`` (the preset), ``side4video-light`` (the preset at a narrower side width),
+``reference-layout`` (the same model computed as the reference implementation lays it out, see
+:mod:`s4v_recognition.reference_layout`: the yardstick for s4v's speed and memory on the machine at
+hand; never checkpointed, like the reference's CLIP path), ``full-finetune`` and ``linear-probe``.
 """
 
 from __future__ import annotations
@@ -16,14 +21,22 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from s4v_core.memory import SavedTensorMeter
-from s4v_recognition.model import VideoClassifier, build_model
+from s4v_recognition.model import build_model
 from s4v_recognition.presets import get_preset
+from s4v_recognition.reference_layout import ReferenceLayoutClassifier
 
 logger = logging.getLogger(__name__)
 
-BENCH_METHODS = ("side4video", "side4video-light", "full-finetune", "linear-probe")
+BENCH_METHODS = (
+    "side4video",
+    "side4video-light",
+    "reference-layout",
+    "full-finetune",
+    "linear-probe",
+)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -87,16 +100,21 @@ class MethodResult:
         }
 
 
-def _build(config: MemoryBenchConfig, method: str) -> VideoClassifier:
+def _build(config: MemoryBenchConfig, method: str) -> tuple[nn.Module, int | None]:
+    """The model of ``method`` and its side width (None for the baselines without one)."""
     side_dim = config.light_side_dim if method == "side4video-light" else None
-    return build_model(
+    model = build_model(
         config.preset,
         config.num_classes,
-        method="side4video" if method.startswith("side4video") else method,
+        method=method if method in ("full-finetune", "linear-probe") else "side4video",
         num_frames=config.num_frames,
         side_dim=side_dim,
-        grad_checkpointing=config.grad_checkpointing,
+        grad_checkpointing=config.grad_checkpointing and method != "reference-layout",
     )
+    width = model.encoder.side.out_dim if model.method == "side4video" else None
+    if method == "reference-layout":
+        return ReferenceLayoutClassifier.from_model(model), width
+    return model, width
 
 
 def _synchronize(device: torch.device) -> None:
@@ -110,8 +128,9 @@ def measure_method(
     """Measure one method under ``config``; ``on_step`` is called after every step (progress)."""
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    model = _build(config, method).to(device).train()
-    size = model.preset.image_size
+    model, side_dim = _build(config, method)
+    model = model.to(device).train()
+    size = get_preset(config.preset).image_size
     generator = torch.Generator().manual_seed(config.seed)
     frames = torch.randn(config.batch_size, config.num_frames, 3, size, size, generator=generator)
     frames = frames.to(device)
@@ -148,10 +167,9 @@ def measure_method(
         model.zero_grad(set_to_none=True)
         if on_step:
             on_step()
-    side = getattr(model.encoder, "side", None)
     return MethodResult(
         method=method,
-        side_dim=side.out_dim if side is not None else None,
+        side_dim=side_dim,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         saved_bytes=saved,
