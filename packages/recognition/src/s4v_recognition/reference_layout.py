@@ -30,6 +30,25 @@ from s4v_recognition.checkpoints import convert_reference_state, reference_key_m
 from s4v_recognition.model import VideoClassifier
 
 
+def _sequence_first_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An open_clip CLIP block on sequence-first tokens ``(S, M, D)``, as the reference runs it.
+
+    open_clip's blocks are batch-first; fed a transposed view, ``nn.MultiheadAttention`` would
+    take a much slower path than the reference's sequence-first module does. This is what that
+    module computes in training mode (``need_weights=False``), on the block's own weights.
+    """
+    attn = block.attn
+    h = block.ln_1(x)
+    attended = F.multi_head_attention_forward(
+        h, h, h, attn.embed_dim, attn.num_heads,
+        attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
+        attn.out_proj.weight, attn.out_proj.bias,
+        training=True, need_weights=False,
+    )[0]  # fmt: skip
+    x = x + attended
+    return x + block.mlp(block.ln_2(x))
+
+
 class _SideMlp(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
@@ -65,19 +84,21 @@ class _SideBlock(nn.Module):
 
     def _shift(self, cls: torch.Tensor) -> torch.Tensor:
         """Half the channels from frame t+1, half from t-1, zeros past the clip: ``(1, B*T, C)``."""
-        frames = rearrange(cls, "1 (b t) c -> b t c", t=self.num_frames)
+        frames = rearrange(cls, "n (b t) c -> n b t c", t=self.num_frames)
         half = frames.shape[-1] // 2
         shifted = torch.zeros_like(frames)
-        shifted[:, :-1, :half] = frames[:, 1:, :half]
-        shifted[:, 1:, half:] = frames[:, :-1, half:]
-        return rearrange(shifted, "b t c -> 1 (b t) c")
+        shifted[:, :, :-1, :half] = frames[:, :, 1:, :half]
+        shifted[:, :, 1:, half:] = frames[:, :, :-1, half:]
+        return rearrange(shifted, "n b t c -> n (b t) c")
 
     def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         video = self._video(x)
         x = self._tokens(video + self.conv(self.bn_1(video)))
-        z = torch.cat([self._shift(cls), x])  # (1+N, B*T, C)
-        z[1:] = z[1:] + pos.unsqueeze(1)  # in place on the concatenation, as the reference does
-        z = self.ln_1(z)
+        # The position embedding is added in place, through a batch-first view of the
+        # concatenation; the layouts of these views decide the layouts (and the speed) downstream.
+        z = torch.cat([self._shift(cls), x]).permute(1, 0, 2)  # (B*T, 1+N, C) view
+        z[:, 1:] = z[:, 1:] + pos
+        z = self.ln_1(z.permute(1, 0, 2))
         x = x + self.attn(z[1:], z, z, need_weights=False)[0]
         return x + self.mlp(self._tokens(self.bn_2(self._video(x))))
 
@@ -123,25 +144,28 @@ class _Visual(nn.Module):
         self.side_post_bn = nn.BatchNorm3d(c)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(B*T, 3, H, W)`` -> video features ``(B, C)``."""
+        """Images ``(B*T, 3, H, W)`` -> video features ``(B, C)``.
+
+        The reshapes, permutes and copies are the reference's, in its order: they fix the memory
+        layout every later operation sees, and with it the time it takes.
+        """
         t = self.num_frames
-        side = self.side_pre_bn3d(
-            self.side_conv1(rearrange(images, "(b t) c h w -> b c t h w", t=t))
-        )
-        side = rearrange(side, "b c t h w -> (h w) (b t) c")
-        x = rearrange(self.conv1(images), "m d h w -> m (h w) d")
-        cls = self.class_embedding.expand(x.shape[0], 1, -1)
-        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding)
+        side = rearrange(images, "(b t) c h w -> b c t h w", t=t)
+        x = self.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B*T, N, D) view
+        side = self.side_pre_bn3d(self.side_conv1(side))
+        side = rearrange(side, "b c t h w -> (b t) (h w) c")
+        cls = self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding
+        x = self.ln_pre(x).permute(1, 0, 2)  # sequence-first view, (1+N, B*T, D)
+        side = side.permute(1, 0, 2)  # (N, B*T, C) view
         blocks = self.transformer
         for i, block in enumerate(blocks.resblocks):
-            # open_clip's blocks take batch-first tokens and run nn.MultiheadAttention
-            # sequence-first inside, as the reference's sequence-first blocks do.
-            x = block(x)
-            tokens = rearrange(x, "m s d -> s m d")  # sequence-first view, (1+N, B*T, D)
-            y = blocks.side_linears[i](blocks.side_lns[i](tokens))  # (1+N, B*T, C)
+            x = _sequence_first_block(block, x)
+            y = blocks.side_linears[i](blocks.side_lns[i](x))  # (1+N, B*T, C)
             side = 0.5 * side + 0.5 * y[1:]
             side = blocks.side_transformer[i](side, y[:1], blocks.side_spatial_position_embeddings)
-        video = rearrange(side, "(h w) (b t) c -> b c t h w", h=self.grid[0], t=t)
+        video = rearrange(side.permute(1, 0, 2), "(b t) (h w) c -> b c t h w", t=t, h=self.grid[0])
         return self.side_post_bn(video).flatten(2).mean(-1)
 
 
