@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from s4v_recognition import benchmark
 from s4v_recognition.benchmark import MemoryBenchConfig, run_memory_bench
 
 
 def _by_method(**overrides) -> dict:
-    config = MemoryBenchConfig(preset="tiny", light_side_dim=64, repeats=1, **overrides)
+    overrides = {"repeats": 1, **overrides}
+    config = MemoryBenchConfig(preset="tiny", light_side_dim=64, **overrides)
     return {result.method: result for result in run_memory_bench(config)}
 
 
@@ -38,6 +40,20 @@ def test_checkpointing_and_bf16_cut_what_is_saved() -> None:
     bf16 = _by_method(methods=("side4video",), precision="bf16")["side4video"]
     assert checkpointed.saved_bytes < 0.35 * plain.saved_bytes
     assert bf16.saved_bytes < 0.75 * plain.saved_bytes
+
+
+def test_cpu_rounds_interleave_the_methods(monkeypatch) -> None:
+    order = []
+    real_step = benchmark._Subject.step
+
+    def recording(subject) -> None:
+        order.append(subject.method)
+        real_step(subject)
+
+    monkeypatch.setattr(benchmark._Subject, "step", recording)
+    results = _by_method(methods=("side4video", "linear-probe"), repeats=2)
+    assert order == ["side4video", "linear-probe", "side4video", "linear-probe"]
+    assert all(len(r.step_seconds) == 2 for r in results.values())
 
 
 def test_bad_settings_are_refused() -> None:

@@ -122,71 +122,107 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Subject:
+    """One method's model and batch, its saved bytes measured, warmed up, ready to time steps."""
+
+    def __init__(self, config: MemoryBenchConfig, method: str) -> None:
+        self.method = method
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        model, self.side_dim = _build(config, method)
+        self.model = model.to(self.device).train()
+        size = get_preset(config.preset).image_size
+        generator = torch.Generator().manual_seed(config.seed)
+        shape = (config.batch_size, config.num_frames, 3, size, size)
+        self.frames = torch.randn(shape, generator=generator).to(self.device)
+        labels = torch.randint(config.num_classes, (config.batch_size,), generator=generator)
+        self.labels = labels.to(self.device)
+        self.dtype = PRECISIONS[config.precision]
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.peak: int | None = None
+        with SavedTensorMeter(exclude=self.model.parameters()) as meter:
+            loss = self._loss()
+        self.saved = meter.bytes
+        loss.backward()  # also the warm-up step
+        del loss
+        self.model.zero_grad(set_to_none=True)
+
+    def _loss(self) -> torch.Tensor:
+        device, dtype = self.device.type, self.dtype
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = self.model(self.frames)
+        return F.cross_entropy(logits.float(), self.labels)
+
+    def step(self) -> None:
+        """Time one forward+backward (wall clock, process CPU time, CUDA peak)."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        _synchronize(self.device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        self._loss().backward()
+        _synchronize(self.device)
+        self.wall.append(time.perf_counter() - start)
+        self.cpu.append(time.process_time() - start_cpu)
+        if cuda:
+            self.peak = max(self.peak or 0, torch.cuda.max_memory_allocated(self.device))
+        self.model.zero_grad(set_to_none=True)
+
+    def result(self) -> MethodResult:
+        parameters = list(self.model.parameters())
+        return MethodResult(
+            method=self.method,
+            side_dim=self.side_dim,
+            total_params=sum(p.numel() for p in parameters),
+            trainable_params=sum(p.numel() for p in parameters if p.requires_grad),
+            saved_bytes=self.saved,
+            step_seconds=self.wall,
+            step_cpu_seconds=self.cpu,
+            cuda_peak_bytes=self.peak,
+        )
+
+
 def measure_method(
     config: MemoryBenchConfig, method: str, *, on_step: Callable[[], None] | None = None
 ) -> MethodResult:
     """Measure one method under ``config``; ``on_step`` is called after every step (progress)."""
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    model, side_dim = _build(config, method)
-    model = model.to(device).train()
-    size = get_preset(config.preset).image_size
-    generator = torch.Generator().manual_seed(config.seed)
-    frames = torch.randn(config.batch_size, config.num_frames, 3, size, size, generator=generator)
-    frames = frames.to(device)
-    labels = torch.randint(config.num_classes, (config.batch_size,), generator=generator).to(device)
-    dtype = PRECISIONS[config.precision]
-
-    def forward() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(frames)
-        return F.cross_entropy(logits.float(), labels)
-
-    with SavedTensorMeter(exclude=model.parameters()) as meter:
-        loss = forward()
-    saved = meter.bytes
-    loss.backward()  # also the warm-up step
-    del loss
-    model.zero_grad(set_to_none=True)
+    subject = _Subject(config, method)
     if on_step:
         on_step()
-
-    peak = None
-    wall, cpu = [], []
     for _ in range(config.repeats):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _synchronize(device)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        forward().backward()
-        _synchronize(device)
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-        if device.type == "cuda":
-            peak = max(peak or 0, torch.cuda.max_memory_allocated(device))
-        model.zero_grad(set_to_none=True)
+        subject.step()
         if on_step:
             on_step()
-    return MethodResult(
-        method=method,
-        side_dim=side_dim,
-        total_params=sum(p.numel() for p in model.parameters()),
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        saved_bytes=saved,
-        step_seconds=wall,
-        step_cpu_seconds=cpu,
-        cuda_peak_bytes=peak,
-    )
+    return subject.result()
 
 
 def run_memory_bench(
     config: MemoryBenchConfig, *, on_step: Callable[[], None] | None = None
 ) -> list[MethodResult]:
-    """Measure every method of ``config`` in turn (one model in memory at a time)."""
-    results = []
-    for method in config.methods:
-        logger.info("measuring %s", method)
-        results.append(measure_method(config, method, on_step=on_step))
-        if config.device.startswith("cuda"):
+    """Measure every method of ``config``.
+
+    On CUDA the methods are measured one after another, one model on the device at a time, so
+    that each peak is that method's alone. On the CPU all models are built first and the timed
+    steps are interleaved, one step of every method per round: a shared machine whose speed drifts
+    then slows every method alike, and the ratios between methods stay meaningful.
+    """
+    if config.device.startswith("cuda"):
+        results = []
+        for method in config.methods:
+            logger.info("measuring %s", method)
+            results.append(measure_method(config, method, on_step=on_step))
             torch.cuda.empty_cache()
-    return results
+        return results
+    subjects = []
+    for method in config.methods:
+        logger.info("building and warming up %s", method)
+        subjects.append(_Subject(config, method))
+        if on_step:
+            on_step()
+    for _ in range(config.repeats):
+        for subject in subjects:
+            subject.step()
+            if on_step:
+                on_step()
+    return [subject.result() for subject in subjects]
