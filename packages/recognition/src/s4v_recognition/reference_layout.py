@@ -13,7 +13,7 @@ CLIP runs in training mode with autograd on (its weights need no gradient, so it
 names of the reference's checkpoints (spec section 8: its ``state_dict`` is a release's
 ``model_state_dict``). It exists for two jobs and is not a training path:
 
-* ``s4v bench memory --methods reference`` times and meters it beside s4v on the same machine
+* ``s4v bench memory --methods reference-layout`` times and meters it beside s4v on the same machine
   (the reference measured 1,159.5 MiB saved for backward at B/16, 2 x 8 frames, fp32);
 * tests load one set of weights into both and check that s4v computes the reference's function in
   training mode: logits, every gradient, and the BatchNorm running statistics.
