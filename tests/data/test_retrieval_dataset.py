@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from s4v_data.retrieval import RETRIEVAL_LAYOUTS, read_msrvtt, read_synthetic
+from s4v_data.retrieval import read_msrvtt, read_synthetic
 from s4v_data.retrieval_dataset import RetrievalClipPlan, RetrievalVideos, VideoTextPairs
+from s4v_data.specs import RETRIEVAL_LAYOUTS
 
 SYNTHETIC = RETRIEVAL_LAYOUTS["synthetic"]
 

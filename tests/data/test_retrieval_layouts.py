@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from s4v_data.retrieval import (
-    RETRIEVAL_LAYOUTS,
     AnnotationError,
     CaptionedVideos,
     load_plain_pickle,
@@ -25,6 +24,7 @@ from s4v_data.retrieval import (
     segment_centre_indices,
     uniform_stride_indices,
 )
+from s4v_data.specs import RETRIEVAL_LAYOUTS
 
 
 def _write_msrvtt(root: Path) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from s4v_orchestration.config import RunConfig, load_run_config
+from s4v_orchestration.config import RunConfig
+from s4v_orchestration.overrides import load_run_config
 
 # Small enough to generate in seconds: 8 classes x 4 videos (3 train, 1 val), 16 frames of 32 px.
 SYNTHETIC = {

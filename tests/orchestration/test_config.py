@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from s4v_orchestration.config import (
-    DATASET_PRESETS,
-    ConfigError,
-    RunConfig,
-    flatten,
-    load_run_config,
-    parse_views,
-    to_yaml,
-)
+from s4v_orchestration.config import ConfigError, RunConfig, flatten, parse_views, to_yaml
+from s4v_orchestration.overrides import load_run_config
+from s4v_orchestration.recipes import DATASET_PRESETS
 
 
 @pytest.mark.parametrize("dataset", sorted(DATASET_PRESETS["recognition"]))

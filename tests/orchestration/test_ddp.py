@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from s4v_orchestration.checkpoint import load_checkpoint
-from s4v_orchestration.config import load_run_config
+from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.train import train
 
 # A linear probe has no BatchNorm, whose per-process batch statistics would (as in the reference,

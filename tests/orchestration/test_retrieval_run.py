@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from s4v_orchestration.checkpoint import load_checkpoint
 from s4v_orchestration.cli import app
-from s4v_orchestration.config import DATASET_PRESETS, ConfigError, load_run_config
+from s4v_orchestration.config import ConfigError
+from s4v_orchestration.overrides import load_run_config
+from s4v_orchestration.recipes import DATASET_PRESETS
 from s4v_orchestration.tasks.retrieval import RetrievalTask
 from s4v_orchestration.train import train
 

@@ -1,17 +1,15 @@
-"""Run configuration: validated pydantic models, dataset presets, YAML files and ``--set`` overrides.
+"""The run-configuration schema: validated pydantic models, one per section of a run.
 
 A run is described by one :class:`RunConfig`. It is built in three layers, each overriding the one
-before: the dataset preset (the reference recipe, Side4Video spec 2.2), an optional YAML file, then
-``--set path.to.field=value`` overrides (the CLI shortcuts such as ``--epochs`` are overrides too).
-Every section forbids unknown fields, so a typo fails before anything runs and the error names the
-field path (and, for a YAML file, the line).
+before: the dataset recipe (:mod:`s4v_orchestration.recipes`), an optional YAML file, then CLI
+shortcuts and ``--set path.to.field=value`` overrides (:mod:`s4v_orchestration.overrides`). Every
+section forbids unknown fields, so a typo fails before anything runs and the error names the field
+path (and, for a YAML file, the line).
 """
 
 from __future__ import annotations
 
-import copy
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +22,6 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -32,6 +29,7 @@ from pydantic import (
 
 import s4v_recognition
 import s4v_retrieval
+from s4v_data.specs import TASK_DATASETS
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
 Task = Literal["recognition", "retrieval"]
@@ -210,11 +208,11 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _known_dataset(self) -> RunConfig:
-        presets = DATASET_PRESETS.get(self.task, {})
-        if self.data.dataset not in presets:
+        datasets = TASK_DATASETS.get(self.task, {})
+        if self.data.dataset not in datasets:
             raise ValueError(
                 f"data.dataset {self.data.dataset!r} is not a {self.task} dataset; "
-                f"choose one of {sorted(presets)}"
+                f"choose one of {sorted(datasets)}"
             )
         return self
 
@@ -241,293 +239,6 @@ class RunConfig(_Section):
         if cfg.tracking.experiment is None:
             cfg.tracking.experiment = f"{cfg.task}-{cfg.data.dataset}"
         return cfg
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-# --------------------------------------------------------------------------------------------
-# Dataset presets: the reference recipes (Side4Video spec 2.2) as partial configs.
-
-_SOMETHING_SOMETHING = {
-    "data": {"num_frames": 8, "batch_size": 16, "num_sample": 2, "rand_augment": True},
-    "model": {"preset": "side4video-b16", "pretrained": "openai"},
-    "solver": {
-        "warmup_epochs": 4,
-        "lr": 1e-3,
-        "weight_decay": 0.15,
-        "label_smoothing": 0.1,
-    },
-    "eval": {"test_crops": 3, "test_clips": 2},
-}
-
-# Side4Video retrieval scripts (spec 4.3): 5 epochs, lr 1e-4 with 10 % warm-up, BertAdam-like
-# betas/eps/weight decay, global gradient clipping at 1.0, 12 frames, 32 words, C = 320; global
-# batch 128 (16 per GPU on 8 GPUs: pass --batch-size 16 under torchrun). MSR-VTT and VATEX use
-# ViT-B/16, MSVD ViT-B/32. The text tower stays frozen (the reference's 1e-7 updates are below
-# its fp16 resolution); retrieval.train_text=true trains it at lr x retrieval.text_lr_scale.
-_RETRIEVAL_REFERENCE = {
-    "data": {"num_frames": 12, "batch_size": 128},
-    "model": {"preset": "side4video-b16", "pretrained": "openai"},
-    "solver": {
-        "epochs": 5,
-        "warmup_epochs": 0.5,
-        "lr": 1e-4,
-        "weight_decay": 0.2,
-        "betas": (0.9, 0.98),
-        "eps": 1e-6,
-        "clip_grad_norm": 1.0,
-    },
-    "retrieval": {"max_words": 32, "similarity": "wti"},
-}
-
-DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "recognition": {
-        # Self-contained run on CPU: a tiny frozen CLIP and a generated dataset whose classes
-        # come in time-reversed pairs. Tuned to reach >= 80 % val top-1 within a few minutes on
-        # 2 cores: one compute thread plus one decoding worker.
-        "synthetic": {
-            "data": {
-                "num_frames": 8,
-                "batch_size": 16,
-                "num_sample": 1,
-                "rand_augment": False,
-                "num_workers": 1,
-            },
-            "model": {"preset": "tiny", "pretrained": None},
-            "solver": {
-                "epochs": 6,
-                "warmup_epochs": 1,
-                "lr": 3e-3,
-                "weight_decay": 0.05,
-                "label_smoothing": 0.1,
-            },
-            "eval": {"test_crops": 1, "test_clips": 1},
-            "device": "cpu",
-            "cpu_threads": 1,
-        },
-        "ssv1": _deep_merge(_SOMETHING_SOMETHING, {"solver": {"epochs": 40}}),
-        "ssv2": _deep_merge(_SOMETHING_SOMETHING, {"solver": {"epochs": 30}}),
-        "k400": {
-            "data": {"num_frames": 8, "batch_size": 32, "num_sample": 1, "rand_augment": False},
-            "model": {"preset": "side4video-b16", "pretrained": "openai"},
-            "solver": {
-                "epochs": 30,
-                "warmup_epochs": 4,
-                "lr": 1e-3,
-                "weight_decay": 0.15,
-                "label_smoothing": 0.1,
-            },
-            "eval": {"test_crops": 3, "test_clips": 4},
-        },
-    },
-    "retrieval": {
-        # Self-contained run on CPU: the tiny random-weight CLIP and the captioned synthetic set
-        # ("a red square moves from left to right"). Random CLIP weights mean the text tower has
-        # to learn too, so it trains here at the full learning rate.
-        "synthetic": {
-            "data": {
-                "num_frames": 8,
-                "batch_size": 32,
-                "num_workers": 0,
-                "synthetic": {"videos_per_class": 60, "num_frames": 16, "size": 32},
-            },
-            "model": {"preset": "tiny", "pretrained": None},
-            "solver": {"epochs": 30, "warmup_epochs": 1, "lr": 2e-3, "weight_decay": 0.05},
-            "retrieval": {"train_text": True, "text_lr_scale": 1.0, "captions": "random-caption"},
-            "device": "cpu",
-        },
-        "msrvtt": _RETRIEVAL_REFERENCE,
-        "msvd": _deep_merge(_RETRIEVAL_REFERENCE, {"model": {"preset": "side4video-b32"}}),
-        "vatex": _RETRIEVAL_REFERENCE,
-    },
-}
-
-
-def preset_config(task: str, dataset: str) -> dict[str, Any]:
-    """The preset for one dataset as a plain nested dict (``data.dataset`` and ``task`` included)."""
-    presets = DATASET_PRESETS.get(task)
-    if presets is None:
-        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(DATASET_PRESETS)}")
-    if dataset not in presets:
-        raise ConfigError(
-            f"unknown {task} dataset {dataset!r}; choose one of {sorted(presets)} "
-            "(or --dataset synthetic for a self-contained run)"
-        )
-    return _deep_merge(presets[dataset], {"task": task, "data": {"dataset": dataset}})
-
-
-# --------------------------------------------------------------------------------------------
-# Layers: YAML file and `--set` overrides.
-
-
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """``"solver.lr=3e-4"`` -> ``(("solver", "lr"), 0.0003)``; the value is read as YAML.
-
-    ``none`` / ``None`` / ``null`` mean no value, so ``--set model.pretrained=none`` works.
-    """
-    key, sep, raw = text.partition("=")
-    path = tuple(part.strip() for part in key.split("."))
-    if not sep or not all(path):
-        raise ConfigError(f"--set {text!r}: expected path.to.field=value, e.g. solver.lr=3e-4")
-    if raw.strip() in {"none", "None", "null", "~", ""}:
-        return path, None
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    return path, value
-
-
-def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any, source: str) -> None:
-    node = tree
-    for depth, part in enumerate(path[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(path[: depth + 1])
-            raise ConfigError(f"{source}: {where} is a value, not a section")
-        node = child
-    node[path[-1]] = value
-
-
-def _yaml_line(node: yaml.Node | None, path: Sequence[str | int]) -> int | None:
-    """1-based line of the deepest YAML node along ``path`` (for error messages)."""
-    line = None
-    for part in path:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        match = next((kv for kv in node.value if kv[0].value == str(part)), None)
-        if match is None:
-            break
-        line = match[0].start_mark.line + 1
-        node = match[1]
-    return line
-
-
-def read_yaml_config(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
-    """Parse a YAML run config into a dict (and its node tree, for line numbers in errors)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
-    try:
-        tree = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if data is None:
-        return {}, None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: the top level must be a mapping of sections (data:, model:, ...)"
-        )
-    return data, tree
-
-
-# A typed override from a CLI shortcut: (dotted field path, value, the option that set it).
-Shortcut = tuple[str, Any, str]
-
-
-def load_run_config(
-    task: str,
-    dataset: str | None,
-    config_file: Path | None = None,
-    overrides: Sequence[str] = (),
-    shortcuts: Sequence[Shortcut] = (),
-) -> RunConfig:
-    """Build a validated run config: dataset preset, YAML file, shortcuts, then ``--set`` overrides.
-
-    Args:
-        task: "recognition" (or "retrieval").
-        dataset: preset name; None takes ``data.dataset`` from the YAML file.
-        config_file: optional YAML file with any subset of the RunConfig fields.
-        overrides: ``path.to.field=value`` strings, applied in order (last wins).
-        shortcuts: typed values of CLI options such as ``--epochs``, applied before ``overrides``.
-
-    Raises:
-        ConfigError: naming the field path (and file line, option or ``--set`` item) of every
-            problem.
-    """
-    file_data, file_tree = read_yaml_config(config_file) if config_file else ({}, None)
-    file_dataset = (file_data.get("data") or {}).get("dataset")
-    if dataset is None:
-        dataset = file_dataset
-    if dataset is None:
-        raise ConfigError("no dataset chosen: pass --dataset (e.g. --dataset synthetic)")
-    if file_dataset is not None and file_dataset != dataset:
-        raise ConfigError(
-            f"{config_file}: data.dataset is {file_dataset!r} but --dataset is {dataset!r}"
-        )
-    merged = _deep_merge(preset_config(task, dataset), file_data)
-    return apply_overrides(merged, overrides, shortcuts, file=(config_file, file_tree, file_data))
-
-
-def apply_overrides(
-    tree: dict[str, Any],
-    overrides: Sequence[str] = (),
-    shortcuts: Sequence[Shortcut] = (),
-    *,
-    file: tuple[Path | None, yaml.Node | None, dict[str, Any]] = (None, None, {}),
-) -> RunConfig:
-    """Apply shortcuts and ``--set`` overrides to a config tree and validate it.
-
-    Used by :func:`load_run_config` and to adjust the config stored in a checkpoint.
-    """
-    merged = copy.deepcopy(tree)
-    source: dict[tuple[str, ...], str] = {}
-    for dotted, value, option in shortcuts:
-        path = tuple(dotted.split("."))
-        _set_path(merged, path, value, option)
-        source[path] = option
-    for text in overrides:
-        path, value = parse_override(text)
-        _set_path(merged, path, value, f"--set {text}")
-        source[path] = f"--set {text}"
-    try:
-        return RunConfig.model_validate(merged, context={"task": merged.get("task", "recognition")})
-    except ValidationError as err:
-        raise ConfigError(_describe(err, *file, source)) from None
-
-
-def _describe(
-    err: ValidationError,
-    config_file: Path | None,
-    file_tree: yaml.Node | None,
-    file_data: dict[str, Any],
-    override_source: dict[tuple[str, ...], str],
-) -> str:
-    lines = ["invalid run configuration:"]
-    for item in err.errors():
-        loc = tuple(str(part) for part in item["loc"])
-        field = ".".join(loc) or "(top level)"
-        source = next(
-            (src for path, src in override_source.items() if loc[: len(path)] == path), None
-        )
-        if source is None and file_tree is not None and _in_tree(file_data, loc):
-            source = f"{config_file} line {_yaml_line(file_tree, loc)}"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif "input" in item and not isinstance(item["input"], dict):
-            message += f" (got {item['input']!r})"
-        lines.append(f"  {field}: {message}" + (f"  [from {source}]" if source else ""))
-    return "\n".join(lines)
-
-
-def _in_tree(tree: dict[str, Any], loc: tuple[str, ...]) -> bool:
-    node: Any = tree
-    for part in loc:
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def flatten(config: RunConfig) -> dict[str, str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
-from s4v_orchestration.config import RunConfig, Shortcut, apply_overrides, load_run_config
+from s4v_orchestration.config import RunConfig
+from s4v_orchestration.overrides import Shortcut, apply_overrides, load_run_config
 from s4v_orchestration.progress import RunProgress
 from s4v_orchestration.runtime import (
     close_distributed,

@@ -46,7 +46,7 @@ def side4video(
 
     The file is read with torch.load(weights_only=True); every key is renamed onto s4v's modules and its shape checked. The output holds the side network and head as training runs save them, plus the frozen backbone, so it needs no other file.
     """
-    from s4v_orchestration.config import load_run_config
+    from s4v_orchestration.overrides import load_run_config
     from s4v_recognition import convert_side4video_checkpoint
 
     # One absolute path for both the backbone identity and the run config, so that they match.

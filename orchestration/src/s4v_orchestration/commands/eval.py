@@ -17,7 +17,7 @@ from s4v_orchestration.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from s4v_orchestration.config import Shortcut
+    from s4v_orchestration.overrides import Shortcut
 
 app = typer.Typer(
     help="Evaluate a checkpoint: multi-view test, accuracy report and MLflow record.",

@@ -19,7 +19,7 @@ from s4v_orchestration.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from s4v_orchestration.config import Shortcut
+    from s4v_orchestration.overrides import Shortcut
     from s4v_orchestration.train import TrainResult
 
 app = typer.Typer(
@@ -316,7 +316,7 @@ def _train(
     resume_from: Path | None,
 ) -> TrainResult:
     """Build the config (preset, YAML, shortcuts, ``--set``) and run the training to the end."""
-    from s4v_orchestration.config import load_run_config
+    from s4v_orchestration.overrides import load_run_config
     from s4v_orchestration.train import run_training
 
     with user_errors(), sigterm_as_interrupt():

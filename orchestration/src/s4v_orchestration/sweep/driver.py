@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from s4v_orchestration.config import RunConfig, load_run_config
+from s4v_orchestration.config import RunConfig
+from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.paths import default_tracking_uri
 from s4v_orchestration.sweep.cluster import check_trials_can_log, connect_ray
 from s4v_orchestration.sweep.space import EPOCH_KEY, make_tune_config, param_space

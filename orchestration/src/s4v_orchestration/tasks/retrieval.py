@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from s4v_data.retrieval import RETRIEVAL_LAYOUTS, CaptionedVideos, Split
+from s4v_data.retrieval import CaptionedVideos, Split
 from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
+from s4v_data.specs import RETRIEVAL_LAYOUTS
 from s4v_data.synthetic import generate
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.runtime import DistEnv

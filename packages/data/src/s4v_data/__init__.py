@@ -30,9 +30,7 @@ if TYPE_CHECKING:
     from s4v_data.dataset import SkipBadSamples, VideoClipDataset, collate_clips, make_loader
     from s4v_data.decode import DecodeError, IsolatedVideoReader, decode_rawframes, decode_video
     from s4v_data.retrieval import (
-        RETRIEVAL_LAYOUTS,
         CaptionedVideos,
-        RetrievalLayout,
         read_msrvtt,
         read_msvd,
         read_synthetic,
@@ -40,7 +38,13 @@ if TYPE_CHECKING:
     )
     from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
     from s4v_data.sampling import ClipPlan, sample_indices
-    from s4v_data.specs import DATASETS, DatasetSpec
+    from s4v_data.specs import (
+        DATASETS,
+        RETRIEVAL_LAYOUTS,
+        TASK_DATASETS,
+        DatasetSpec,
+        RetrievalLayout,
+    )
     from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "CLIP_STD",
     "DATASETS",
     "RETRIEVAL_LAYOUTS",
+    "TASK_DATASETS",
     "AnnotationError",
     "CaptionedVideos",
     "ClipPlan",
@@ -100,9 +105,7 @@ _WHERE = {
     "IsolatedVideoReader": "decode",
     "decode_rawframes": "decode",
     "decode_video": "decode",
-    "RETRIEVAL_LAYOUTS": "retrieval",
     "CaptionedVideos": "retrieval",
-    "RetrievalLayout": "retrieval",
     "read_msrvtt": "retrieval",
     "read_msvd": "retrieval",
     "read_synthetic": "retrieval",
@@ -112,6 +115,9 @@ _WHERE = {
     "ClipPlan": "sampling",
     "sample_indices": "sampling",
     "DATASETS": "specs",
+    "RETRIEVAL_LAYOUTS": "specs",
+    "TASK_DATASETS": "specs",
+    "RetrievalLayout": "specs",
     "DatasetSpec": "specs",
     "CLIP_MEAN": "transforms",
     "CLIP_STD": "transforms",

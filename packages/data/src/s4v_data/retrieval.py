@@ -28,7 +28,6 @@ import csv
 import json
 import pickle
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -278,25 +277,6 @@ def read_vatex(root: Path, split: Split) -> CaptionedVideos:
     )
 
 
-# --- layouts ---------------------------------------------------------------------------------------
-
-
-SamplingName = Literal["random-segment", "uniform-stride", "segment-centre"]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RetrievalLayout:
-    """Where a retrieval dataset keeps its annotations and frames, and how its test set samples."""
-
-    name: str
-    read: Callable[[Path, Split], CaptionedVideos]  # (annotation root, split) -> captioned videos
-    # Frame folder / video file of a video relative to the media root; {split} and {video_id}.
-    frame_dir: str
-    video_file: str
-    frame_template: str  # file name of frame i (1-based), e.g. img_00001.jpg
-    test_sampling: SamplingName  # frame sampling at validation and test time (spec 4.4)
-
-
 def read_msrvtt(root: Path, split: Split) -> CaptionedVideos:
     """MSR-VTT 9k train / 1k-A test; ``val`` is the test file, as in the reference."""
     if split == "train":
@@ -320,43 +300,10 @@ def read_synthetic(root: Path, split: Split) -> CaptionedVideos:
     return _captions_for(read_id_list(list_path), data, list_path, data_json)
 
 
-RETRIEVAL_LAYOUTS: dict[str, RetrievalLayout] = {
-    "msrvtt": RetrievalLayout(
-        name="msrvtt",
-        read=read_msrvtt,
-        frame_dir="{video_id}",
-        video_file="{video_id}.mp4",
-        frame_template="img_{:05d}.jpg",
-        test_sampling="uniform-stride",
-    ),
-    "msvd": RetrievalLayout(
-        name="msvd",
-        read=read_msvd,
-        frame_dir="{video_id}",
-        video_file="{video_id}.avi",
-        frame_template="img_{:05d}.jpg",
-        test_sampling="uniform-stride",
-    ),
-    "vatex": RetrievalLayout(
-        name="vatex",
-        read=read_vatex,
-        frame_dir="{split}_video/{video_id}",
-        video_file="{split}_video/{video_id}.mp4",
-        frame_template="img_{:05d}.jpg",
-        test_sampling="segment-centre",
-    ),
-    "synthetic": RetrievalLayout(
-        name="synthetic",
-        read=read_synthetic,
-        frame_dir="rawframes/{video_id}",
-        video_file="videos/{video_id}.mp4",
-        frame_template="img_{:05d}.jpg",
-        test_sampling="uniform-stride",
-    ),
-}
-
-
 # --- frame sampling (spec 4.4) ---------------------------------------------------------------------
+
+# The strategies a RetrievalLayout names for its validation and test clips.
+SamplingName = Literal["random-segment", "uniform-stride", "segment-centre"]
 
 
 def _check_counts(num_total: int, num_frames: int) -> None:

@@ -1,7 +1,7 @@
 """Video-text datasets for retrieval: (clip, caption) pairs to train on, videos to evaluate.
 
 Stages as for recognition (parse -> sample indices -> decode -> transform -> collate): annotations
-come from :mod:`s4v_data.retrieval` (a :data:`RETRIEVAL_LAYOUTS` entry reads a split), indices from
+come from :mod:`s4v_data.retrieval` (a :data:`s4v_data.specs.RETRIEVAL_LAYOUTS` entry reads a split), indices from
 its retrieval sampling strategies, frames from :mod:`s4v_data.decode` (JPEG folders or decord), and
 every clip is resized (short side, bicubic), centre-cropped and CLIP-normalised, without
 augmentation, as the reference does (spec 4.4).
@@ -29,11 +29,11 @@ from torch.utils.data import Dataset
 from s4v_data.decode import IsolatedVideoReader, decode_rawframes, decode_video
 from s4v_data.retrieval import (
     CaptionedVideos,
-    RetrievalLayout,
     SamplingName,
     Split,
     sample_retrieval_indices,
 )
+from s4v_data.specs import RetrievalLayout
 from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
 
 __all__ = ["RetrievalClipPlan", "RetrievalVideos", "VideoTextPairs"]

@@ -1,15 +1,34 @@
-"""Per-dataset conventions: frame names, sampling family, resize policy, flip rules, file names.
+"""The dataset registry: every dataset s4v knows, by task, with its on-disk conventions.
 
-The values for Something-Something and Kinetics follow the Side4Video reference pipeline (spec
-section 3); ``synthetic`` describes the project's own generated dataset (``s4v_data.synthetic``).
+This module is the one place a dataset name is defined. :data:`DATASETS` holds the recognition
+datasets (frame names, sampling family, resize policy, flip rules, file names); the values for
+Something-Something and Kinetics follow the Side4Video reference pipeline (spec section 3).
+:data:`RETRIEVAL_LAYOUTS` holds the retrieval datasets (CLIP4Clip annotation layouts, spec 4.4).
+``synthetic`` is the project's own generated dataset (``s4v_data.synthetic``) in both.
+:data:`TASK_DATASETS` maps a task to its registry; orchestration's run recipes attach to these
+names and check at import that they name no other.
+
+Add a dataset by appending one entry to the task's tuple below; the key is the entry's ``name``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
 
-__all__ = ["DATASETS", "DatasetSpec"]
+from s4v_data.retrieval import (
+    CaptionedVideos,
+    SamplingName,
+    Split,
+    read_msrvtt,
+    read_msvd,
+    read_synthetic,
+    read_vatex,
+)
+
+__all__ = ["DATASETS", "RETRIEVAL_LAYOUTS", "TASK_DATASETS", "DatasetSpec", "RetrievalLayout"]
 
 SamplingFamily = Literal["sth", "kinetics"]
 FlipMode = Literal["swap-labels", "plain", "none"]
@@ -70,55 +89,132 @@ class DatasetSpec:
 # left to right / right to left", 166/167 "Turning the camera left / right while filming something".
 STH_FLIP_PAIRS = ((86, 87), (93, 94), (166, 167))
 
-DATASETS: dict[str, DatasetSpec] = {
-    "ssv1": DatasetSpec(
-        name="ssv1",
-        num_classes=174,
-        frame_template="{:05d}.jpg",
-        sampling="sth",
-        resize="exact",
-        resize_size=(256, 320),
-        flip="swap-labels",
-        flip_pairs=STH_FLIP_PAIRS,
-        rand_augment=True,
-        label_file="sth_labels.csv",
-    ),
-    "ssv2": DatasetSpec(
-        name="ssv2",
-        num_classes=174,
-        frame_template="{:06d}.jpg",
-        sampling="sth",
-        resize="exact",
-        resize_size=(256, 320),
-        flip="swap-labels",
-        flip_pairs=STH_FLIP_PAIRS,
-        rand_augment=True,
-        label_file="sth_labels.csv",
-    ),
-    "k400": DatasetSpec(
-        name="k400",
-        num_classes=400,
-        frame_template="img_{:05d}.jpg",
-        sampling="kinetics",
-        resize="short-side",
-        resize_size=(256, 256),
-        flip="plain",
-        grayscale_p=0.2,
-        rand_augment=False,
-        label_file="kinetics_400_labels.csv",
-    ),
-    # The generated dataset: 8 motion classes in time-reversed pairs; a horizontal flip turns
-    # left-to-right into right-to-left and clockwise into anticlockwise, so those labels swap.
-    # A milder crop keeps the small moving object in view.
-    "synthetic": DatasetSpec(
-        name="synthetic",
-        num_classes=8,
-        frame_template="img_{:05d}.jpg",
-        sampling="sth",
-        resize="short-side",
-        resize_size=(256, 256),
-        crop_scale=(0.5, 1.0),
-        flip="swap-labels",
-        flip_pairs=((0, 1), (4, 5)),
-    ),
+
+class _Named(Protocol):
+    name: str
+
+
+_Entry = TypeVar("_Entry", bound=_Named)
+
+
+def _by_name(entries: Iterable[_Entry]) -> dict[str, _Entry]:
+    """A registry keyed by each entry's ``name``; a repeated name is a programming error."""
+    registry: dict[str, _Entry] = {}
+    for entry in entries:
+        if entry.name in registry:
+            raise ValueError(f"dataset {entry.name!r} is registered twice")
+        registry[entry.name] = entry
+    return registry
+
+
+DATASETS: dict[str, DatasetSpec] = _by_name(
+    (
+        DatasetSpec(
+            name="ssv1",
+            num_classes=174,
+            frame_template="{:05d}.jpg",
+            sampling="sth",
+            resize="exact",
+            resize_size=(256, 320),
+            flip="swap-labels",
+            flip_pairs=STH_FLIP_PAIRS,
+            rand_augment=True,
+            label_file="sth_labels.csv",
+        ),
+        DatasetSpec(
+            name="ssv2",
+            num_classes=174,
+            frame_template="{:06d}.jpg",
+            sampling="sth",
+            resize="exact",
+            resize_size=(256, 320),
+            flip="swap-labels",
+            flip_pairs=STH_FLIP_PAIRS,
+            rand_augment=True,
+            label_file="sth_labels.csv",
+        ),
+        DatasetSpec(
+            name="k400",
+            num_classes=400,
+            frame_template="img_{:05d}.jpg",
+            sampling="kinetics",
+            resize="short-side",
+            resize_size=(256, 256),
+            flip="plain",
+            grayscale_p=0.2,
+            rand_augment=False,
+            label_file="kinetics_400_labels.csv",
+        ),
+        # The generated dataset: 8 motion classes in time-reversed pairs; a horizontal flip turns
+        # left-to-right into right-to-left and clockwise into anticlockwise, so those labels swap.
+        # A milder crop keeps the small moving object in view.
+        DatasetSpec(
+            name="synthetic",
+            num_classes=8,
+            frame_template="img_{:05d}.jpg",
+            sampling="sth",
+            resize="short-side",
+            resize_size=(256, 256),
+            crop_scale=(0.5, 1.0),
+            flip="swap-labels",
+            flip_pairs=((0, 1), (4, 5)),
+        ),
+    )
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetrievalLayout:
+    """Where a retrieval dataset keeps its annotations and frames, and how its test set samples."""
+
+    name: str
+    read: Callable[[Path, Split], CaptionedVideos]  # (annotation root, split) -> captioned videos
+    # Frame folder / video file of a video relative to the media root; {split} and {video_id}.
+    frame_dir: str
+    video_file: str
+    frame_template: str  # file name of frame i (1-based), e.g. img_00001.jpg
+    test_sampling: SamplingName  # frame sampling at validation and test time (spec 4.4)
+
+
+RETRIEVAL_LAYOUTS: dict[str, RetrievalLayout] = _by_name(
+    (
+        RetrievalLayout(
+            name="msrvtt",
+            read=read_msrvtt,
+            frame_dir="{video_id}",
+            video_file="{video_id}.mp4",
+            frame_template="img_{:05d}.jpg",
+            test_sampling="uniform-stride",
+        ),
+        RetrievalLayout(
+            name="msvd",
+            read=read_msvd,
+            frame_dir="{video_id}",
+            video_file="{video_id}.avi",
+            frame_template="img_{:05d}.jpg",
+            test_sampling="uniform-stride",
+        ),
+        RetrievalLayout(
+            name="vatex",
+            read=read_vatex,
+            frame_dir="{split}_video/{video_id}",
+            video_file="{split}_video/{video_id}.mp4",
+            frame_template="img_{:05d}.jpg",
+            test_sampling="segment-centre",
+        ),
+        RetrievalLayout(
+            name="synthetic",
+            read=read_synthetic,
+            frame_dir="rawframes/{video_id}",
+            video_file="videos/{video_id}.mp4",
+            frame_template="img_{:05d}.jpg",
+            test_sampling="uniform-stride",
+        ),
+    )
+)
+
+# Task -> its dataset registry (the task names are s4v_orchestration's).
+TASK_DATASETS: dict[str, dict[str, DatasetSpec] | dict[str, RetrievalLayout]] = {
+    "recognition": DATASETS,
+    "retrieval": RETRIEVAL_LAYOUTS,
 }
