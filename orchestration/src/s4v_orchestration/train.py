@@ -147,9 +147,7 @@ def _run(
         )
     # A task may split the parameters into groups with their own learning rates (retrieval's
     # trainable text tower); by default everything trains at solver.lr.
-    groups = (
-        task.parameter_groups(model, config) if hasattr(task, "parameter_groups") else trainable
-    )
+    groups = task.parameter_groups(model, config)
     optimizer = torch.optim.AdamW(
         groups,
         lr=solver.lr,

@@ -49,8 +49,7 @@ class Evaluation:
 class Task(Protocol):
     """Everything task-specific that ``train()`` needs.
 
-    A task may also define ``parameter_groups(model, config) -> list[dict]`` (AdamW parameter
-    groups, each with its own ``lr``); without it every trainable parameter uses ``solver.lr``.
+    Tasks subclass this protocol, so they inherit its default methods (:meth:`parameter_groups`).
     """
 
     name: str
@@ -80,6 +79,11 @@ class Task(Protocol):
 
     def val_loader(self, parts: TaskParts, config: RunConfig, *, env: DistEnv) -> DataLoader:
         """This rank's share of the validation set."""
+
+    def parameter_groups(self, model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+        """AdamW parameter groups, each may carry its own ``lr``; by default one group of every
+        trainable parameter at ``solver.lr``."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
         """Training loss of one batch and the number of clips in it."""

@@ -24,7 +24,7 @@ from s4v_orchestration.config import RunConfig
 from s4v_orchestration.reports import write_recognition_report
 from s4v_orchestration.runtime import DistEnv
 from s4v_orchestration.sampling import SeededItems, ShardSampler
-from s4v_orchestration.tasks.base import Evaluation, TaskParts, Track, no_track
+from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts, Track, no_track
 from s4v_recognition import PRESETS, build_model
 from s4v_recognition.losses import classification_loss, mix_clips
 from s4v_recognition.metrics import (
@@ -84,7 +84,7 @@ def check_data_files(config: RunConfig, *, need_train: bool = True) -> None:
         )
 
 
-class RecognitionTask:
+class RecognitionTask(Task):
     """Video classification with label-smoothed cross-entropy; best checkpoint by val top-1."""
 
     name = "recognition"

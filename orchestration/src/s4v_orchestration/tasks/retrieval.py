@@ -26,7 +26,7 @@ from s4v_data.synthetic import generate
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.runtime import DistEnv
 from s4v_orchestration.sampling import SeededItems, ShardSampler
-from s4v_orchestration.tasks.base import Evaluation, TaskParts, Track, no_track
+from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts, Track, no_track
 from s4v_orchestration.tasks.recognition import DataNotFoundError
 from s4v_retrieval import PRESETS, build_model, tokenizer_for
 from s4v_retrieval.loss import symmetric_infonce
@@ -44,7 +44,7 @@ def _unwrap(model: nn.Module) -> RetrievalModel:
     return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
 
 
-class RetrievalTask:
+class RetrievalTask(Task):
     """Video-text contrastive training; best checkpoint by validation text-to-video R@1."""
 
     name = "retrieval"
