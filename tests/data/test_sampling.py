@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from s4v_data.sampling import (
@@ -40,10 +41,50 @@ def test_kinetics_test_spreads_clip_starts_over_a_tick() -> None:
     # tick=5, starts int(linspace(0, 4, 3)) = 0, 2, 4
     assert kinetics_test(20, 4, 3) == [[0, 5, 10, 15], [2, 7, 12, 17], [4, 9, 14, 19]]
     assert kinetics_test(40, 4, 4)[3] == [9, 19, 29, 39]
-    # tick=1.5: starts 0, int(0.5)=0
+    # tick=1.5: starts 0, floor(0.5)=0
     assert kinetics_test(6, 4, 2) == [[0, 1, 3, 4], [0, 1, 3, 4]]
-    # shorter than the clip: tick=0.75, the negative end offset truncates to 0
-    assert kinetics_test(3, 4, 2) == [[0, 0, 1, 2], [0, 0, 1, 2]]
+
+
+def test_kinetics_test_short_video_clips_start_one_frame_back_and_wrap() -> None:
+    # n=7, t=8: tick=0.875, starts floor(0, -0.0625, -0.125) = 0, -1, -1.
+    # Clip 0: int(0.875*i) = 0, 0, 1, 2, 3, 4, 5, 6.
+    # Clips 1, 2: int(-1 + 0.875*i) = -1, int(-0.125)=0, int(0.75)=0, 1, 2, 3, 4, 5; -1 mod 7 = 6.
+    assert kinetics_test(7, 8, 3) == [
+        [0, 0, 1, 2, 3, 4, 5, 6],
+        [6, 0, 0, 1, 2, 3, 4, 5],
+        [6, 0, 0, 1, 2, 3, 4, 5],
+    ]
+    # n=3, t=4: tick=0.75, starts 0, floor(-0.25)=-1; int(-1 + 0.75*i) = -1, 0, 0, 1; -1 mod 3 = 2.
+    assert kinetics_test(3, 4, 2) == [[0, 0, 1, 2], [2, 0, 0, 1]]
+    # n=5, t=8: tick=0.625, starts 0, -1, -1, -1 (step -0.125);
+    # int(-1 + 0.625*i) = -1, 0, 0, 0, 1, 2, 2, 3; -1 mod 5 = 4.
+    assert kinetics_test(5, 8, 4) == [
+        [0, 0, 1, 1, 2, 3, 3, 4],
+        *[[4, 0, 0, 0, 1, 2, 2, 3]] * 3,
+    ]
+    # one frame: everything is frame 0
+    assert kinetics_test(1, 8, 3) == [[0] * 8] * 3
+    # as long as the clip: tick=1, every start is 0
+    assert kinetics_test(4, 4, 3) == [[0, 1, 2, 3]] * 3
+
+
+def test_kinetics_test_starts_round_like_numpy_linspace() -> None:
+    # n=12, t=5: tick-1 = 1.4 (as a double a hair below), step = 1.4/7 rounds to just below 0.2,
+    # so 5*step is just below 1 and floors to 0, while 5*1.4/7 is exactly 1.0. The last point is
+    # floor(1.4) = 1. A start >= 0 is the clip's first frame.
+    assert [clip[0] for clip in kinetics_test(12, 5, 8)] == [0, 0, 0, 0, 0, 0, 1, 1]
+    assert kinetics_test(12, 5, 8)[5] == [0, 2, 4, 7, 9]  # int(2.4*i), 3*2.4 = 7.199...
+
+
+def test_kinetics_test_matches_numpy_linspace_on_a_grid() -> None:
+    # The reference: starts = np.linspace(0, tick - 1, clips, dtype=int), frame int(start + tick*i).
+    for n in [1, 2, 3, 5, 7, 8, 9, 12, 13, 17, 19, 31, 64, 100, 301]:
+        for t in [1, 3, 4, 5, 8, 16, 32]:
+            tick = n / t
+            for clips in range(1, 11):
+                starts = np.linspace(0, tick - 1, clips, dtype=int).tolist()
+                expected = [[int(start + tick * i) % n for i in range(t)] for start in starts]
+                assert kinetics_test(n, t, clips) == expected, (n, t, clips)
 
 
 def test_sth_train_draws_one_frame_per_segment_and_covers_each_segment() -> None:
@@ -87,10 +128,12 @@ def test_every_mode_returns_t_in_range_indices(family, n, t) -> None:
     for mode, clips in [("train", 1), ("val", 1), ("test", 3)]:
         result = sample_indices(family, mode, n, t, rng=rng, clips=clips)
         assert len(result) == clips
+        # Kinetics test clips of a video shorter than a clip start with its last frame (wrap).
+        wraps = family == "kinetics" and mode == "test" and n < t
         for clip in result:
             assert len(clip) == t
             assert all(0 <= i < n for i in clip)
-            assert clip == sorted(clip)
+            assert clip == sorted(clip) or wraps
 
 
 def test_clip_plan_is_reproducible_for_a_seed() -> None:

@@ -49,24 +49,50 @@ class CheckReport:
         return sum(p.kind == kind for p in self.problems)
 
 
+MISSING_LISTED = 5  # missing frame names quoted per folder; the rest are counted
+
+
 def _check_rawframes(
     record: VideoRecord, root: Path, template: str, depth: Depth
 ) -> tuple[int, list[Problem]]:
+    """One listing of the folder: every listed frame name must be there, and the count must match.
+
+    ``record.num_frames`` frames are expected, named ``template.format(1 .. num_frames)``. A
+    missing name is a ``missing`` problem even when stray files keep the count right; then the
+    first and last listed frames (``ends``) or all of them (``all``) are opened, skipping missing
+    ones.
+    """
     folder = root / record.path
     if not folder.is_dir():
         return 0, [Problem(kind="missing", path=record.path, detail=f"no folder {folder}")]
-    found = len(os.listdir(folder))
+    present = set(os.listdir(folder))
+    found = len(present)
+    listed = record.num_frames or 0
     problems = []
-    if found != record.num_frames:
+    missing = [n for n in range(1, listed + 1) if template.format(n) not in present]
+    if missing:
+        names = ", ".join(template.format(n) for n in missing[:MISSING_LISTED])
+        more = f" and {len(missing) - MISSING_LISTED} more" if len(missing) > MISSING_LISTED else ""
+        problems.append(
+            Problem(
+                kind="missing",
+                path=record.path,
+                detail=f"{len(missing)} of {listed} listed frames not in {folder}: {names}{more}",
+            )
+        )
+    if found != listed:
         problems.append(
             Problem(
                 kind="frame-count",
                 path=record.path,
-                detail=f"the list says {record.num_frames} frames, the folder holds {found}",
+                detail=f"the list says {listed} frames, the folder holds {found}",
             )
         )
-    numbers = {"none": [], "ends": sorted({1, found}), "all": range(1, found + 1)}[depth]
-    for number in numbers if found else []:
+    numbers = {"none": [], "ends": sorted({1, listed}), "all": range(1, listed + 1)}[depth]
+    skip = set(missing)
+    for number in numbers if listed else []:
+        if number in skip:
+            continue
         name = template.format(number)
         error = _open_image(folder / name)
         if error:
@@ -126,7 +152,9 @@ def check_dataset(
         frame_template: frame file names (rawframes).
         num_classes: labels must lie in ``0..num_classes-1`` (None: not checked).
         depth: what to decode: ``"none"``, the first and last frame (``"ends"``), or ``"all"``.
-            Videos are decoded in a helper process with ``timeout`` seconds per request.
+            Videos are decoded in a helper process with ``timeout`` seconds per request. At every
+            depth a rawframe folder is listed once and each listed frame name must be in it (a
+            ``missing`` problem names the first few absent), besides its file count matching.
         on_entry: called as ``on_entry(done, total)`` after each entry (progress bars).
 
     Returns:

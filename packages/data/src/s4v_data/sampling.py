@@ -1,8 +1,10 @@
 """Sparse (TSN-style) frame sampling as in the Side4Video reference (spec section 3.2).
 
 ``n`` is the number of frames of a video, ``t`` the number of frames a clip takes. Every function
-returns 0-based frame indices in ``[0, n)`` in temporal order (frame files are 1-based: index ``i``
-is file number ``i + 1``). ``round`` is Python's round-half-to-even, as in the reference.
+returns 0-based frame indices in ``[0, n)`` (frame files are 1-based: index ``i`` is file number
+``i + 1``), in temporal order except for the Kinetics test clips of a video shorter than a clip,
+which wrap around as in the reference (see :func:`kinetics_test`). ``round`` is Python's
+round-half-to-even, as in the reference.
 """
 
 from __future__ import annotations
@@ -78,17 +80,35 @@ def sth_test(n: int, t: int, clips: int) -> list[list[int]]:
     return [[round(s * i) + math.floor(d * (j + 1)) for i in range(t)] for j in range(clips)]
 
 
-def kinetics_test(n: int, t: int, clips: int) -> list[list[int]]:
-    """Kinetics k-clip test: ``tick = n/t``; clip ``j`` starts at ``int(linspace(0, tick-1, k)[j])``.
+def _integer_linspace(stop: float, num: int) -> list[int]:
+    """``np.linspace(0, stop, num, dtype=int)`` without NumPy, to the last bit.
 
-    Frame ``i`` of a clip is ``floor(start + tick*i) mod n``. The start offsets truncate toward
-    zero (NumPy 1.x ``linspace(..., dtype=int)``, which the reference ran with).
+    NumPy computes ``j * step`` with ``step = stop / (num - 1)``, sets the last point to ``stop``
+    exactly and casts with ``floor`` (toward -inf, not toward zero; NumPy >= 1.20, so 1.26 and 2.x).
+    One point is ``[0]`` (the start).
+    """
+    if num == 1:
+        return [0]
+    step = stop / (num - 1)
+    return [math.floor(j * step) for j in range(num - 1)] + [math.floor(stop)]
+
+
+def kinetics_test(n: int, t: int, clips: int) -> list[list[int]]:
+    """Kinetics k-clip test: ``tick = n/t``; clip ``j`` starts at ``linspace(0, tick-1, k, int)[j]``.
+
+    The start offsets are ``floor(j * step)``, ``step = (tick-1)/(k-1)`` rounded first, exactly as
+    NumPy's integer ``linspace`` (so e.g. ``n=12, t=5, k=8`` starts ``[0, 0, 0, 0, 0, 0, 1, 1]``:
+    ``5 * step`` is a hair below 1). Frame ``i`` of a clip is ``int(start + tick*i) mod n``, ``int``
+    truncating toward zero as in the reference's ``_get_test_indices``. Floor and truncation part
+    only for a video shorter than a clip (``n < t``, so ``tick - 1 < 0``): every clip but the first
+    then starts at offset -1, its first frame is the last frame of the video (``-1 mod n``), and
+    ``int`` maps the following ``start + tick*i`` in ``(-1, 0)`` to frame 0. E.g. ``n=7, t=8``,
+    3 clips: ``[0, 0, 1, ..., 6]`` then twice ``[6, 0, 0, 1, 2, 3, 4, 5]``.
     """
     _check(n, t)
     tick = n / t
-    # a single clip starts at 0 (linspace with one point)
-    starts = [int(j * (tick - 1) / (clips - 1)) for j in range(clips)] if clips > 1 else [0]
-    return [[math.floor(start + tick * i) % n for i in range(t)] for start in starts]
+    starts = _integer_linspace(tick - 1, clips)
+    return [[int(start + tick * i) % n for i in range(t)] for start in starts]
 
 
 def sample_indices(
