@@ -10,6 +10,7 @@ from s4v_retrieval.metrics import (
     matrix_blocks,
     pessimistic_ranks,
     rank_metrics,
+    ranks_to_metrics,
     retrieval_metrics,
     retrieval_ranks,
 )
@@ -50,6 +51,60 @@ def test_known_permutation_gives_known_ranks() -> None:
 
 def test_median_of_an_even_count_averages_the_middle_ranks() -> None:
     assert rank_metrics(torch.tensor([0, 1, 4, 9]))["MdR"] == 3.5  # (1 + 4) / 2 + 1
+
+
+def test_lower_median_takes_the_lower_middle_rank() -> None:
+    assert rank_metrics(torch.tensor([9, 0, 4, 1]), median="lower")["MdR"] == 2.0  # 1 + 1
+    assert rank_metrics(torch.tensor([0, 1, 4]), median="lower")["MdR"] == 2.0  # odd: the middle
+    with pytest.raises(ValueError, match="median"):
+        rank_metrics(torch.tensor([0, 1]), median="upper")
+
+
+def test_multi_caption_t2v_median_is_the_lower_middle_rank_as_the_reference() -> None:
+    # 4 videos, 6 captions: 0,1 -> video 0; 2 -> video 1; 3 -> video 2; 4,5 -> video 3.
+    text_to_video = torch.tensor([0, 0, 1, 2, 3, 3])
+    sim = torch.tensor(
+        [
+            [0.9, 0.0, 0.0, 0.0],  # t2v rank 0
+            [0.8, 0.1, 0.0, 0.0],  # t2v rank 0
+            [0.0, 0.9, 0.0, 0.0],  # t2v rank 0
+            [0.6, 0.7, 0.1, 0.5],  # t2v rank 3
+            [0.5, 0.6, 0.7, 0.2],  # t2v rank 3
+            [0.4, 0.5, 0.6, 0.3],  # t2v rank 3
+        ]
+    )
+    # Group maxima (rows: candidate video u): u0 = [.9, .1, 0, 0], u1 = [0, .9, 0, 0],
+    # u2 = [.6, .7, .1, .5], u3 = [.5, .6, .7, .3]. Query video v reads column v:
+    # v0 (.9, 0, .6, .5) rank 0; v1 (.1, .9, .7, .6) rank 0; v2 (0, 0, .1, .7) rank 1;
+    # v3 (0, 0, .5, .3) rank 1.
+    t2v, v2t = retrieval_ranks(matrix_blocks(sim), text_to_video, 4)
+    assert t2v.tolist() == [0, 0, 0, 3, 3, 3]
+    assert v2t.tolist() == [0, 0, 1, 1]
+    m = retrieval_metrics(matrix_blocks(sim), text_to_video, 4)
+    # t2v: six ranks 0, 0, 0 | 3, 3, 3: torch.median takes 0 -> MdR 1 (np.median would give 2.5).
+    assert m["t2v/MdR"] == 1.0
+    assert m["t2v/MnR"] == 2.5
+    # v2t keeps np.median (the reference's compute_metrics): (0 + 1) / 2 + 1.
+    assert m["v2t/MdR"] == 1.5
+    assert ranks_to_metrics(t2v, v2t) == m
+    # dsl/ follows the same rules: a near-zero temperature makes the re-ranking keep every order.
+    dsl = dual_softmax_metrics(matrix_blocks(sim), text_to_video, 4, temperature=1e-6)
+    assert {k.removeprefix("dsl/"): v for k, v in dsl.items()} == pytest.approx(m)
+
+
+def test_single_caption_median_of_an_even_count_averages_in_both_directions() -> None:
+    sim = torch.tensor(
+        [
+            [0.9, 0.0, 0.0, 0.0],  # rank 0
+            [0.5, 0.4, 0.0, 0.0],  # rank 1
+            [0.0, 0.0, 0.9, 0.0],  # rank 0
+            [0.0, 0.0, 0.5, 0.4],  # rank 1
+        ]
+    )
+    m = retrieval_metrics(matrix_blocks(sim), _one_caption_each(4), 4)
+    assert m["t2v/MdR"] == 1.5  # np.median of 0, 0, 1, 1 is 0.5
+    # v2t on the transpose: v0 (.9, .5, 0, 0) 0; v1 (0, .4, 0, 0) 0; v2 0; v3 (0, 0, 0, .4) 0
+    assert m["v2t/MdR"] == 1.0
 
 
 def test_ties_count_against_the_query() -> None:

@@ -30,7 +30,7 @@ from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts, Track, no_
 from s4v_orchestration.tasks.recognition import DataNotFoundError
 from s4v_retrieval import PRESETS, build_model, tokenizer_for
 from s4v_retrieval.loss import symmetric_infonce
-from s4v_retrieval.metrics import dual_softmax_metrics, rank_metrics, retrieval_ranks
+from s4v_retrieval.metrics import dual_softmax_metrics, ranks_to_metrics, retrieval_ranks
 from s4v_retrieval.model import RetrievalModel
 from s4v_retrieval.similarity import TextFeatures, VideoFeatures, blockwise_scores
 
@@ -274,8 +274,7 @@ class RetrievalTask(Task):
         num_videos = video.frames.shape[0]
         chunk = self.config.retrieval.eval_text_chunk
         t2v, v2t = retrieval_ranks(score_block, text_to_video, num_videos, chunk_size=chunk)
-        metrics = {f"t2v/{k}": v for k, v in rank_metrics(t2v).items()}
-        metrics |= {f"v2t/{k}": v for k, v in rank_metrics(v2t).items()}
+        metrics = ranks_to_metrics(t2v, v2t)
         if self.config.retrieval.dual_softmax:
             metrics |= dual_softmax_metrics(
                 score_block, text_to_video, num_videos, chunk_size=chunk

@@ -3,8 +3,15 @@
 Follows the CLIP4Clip / Side4Video protocol (``metrics.py`` and ``main_task_retrieval.eval_epoch`` in
 github.com/HJYao00/Side4Video at 5d723523): a similarity matrix of texts x videos; the 0-based rank of
 the ground truth for every query; ``R@K`` = percentage of queries with rank < K; ``MdR`` =
-median(rank) + 1 (the median of an even count is the mean of the two middle ranks, as ``np.median``);
-``MnR`` = mean(rank) + 1.
+median(rank) + 1; ``MnR`` = mean(rank) + 1.
+
+**Median of an even count**, as the reference computes it on each path: the *mean of the two middle
+ranks* (``np.median`` in its ``compute_metrics``) for both directions with one caption per video and
+for video -> text with several; the *lower middle rank* (``torch.median`` in its
+``tensor_text_to_video_metrics``) for text -> video with several captions per video (MSVD, VATEX),
+where the two conventions can differ by 0.5 or more. A set is multi-caption when it has more captions
+than videos (every video has at least one); :func:`ranks_to_metrics` picks the convention from the
+two rank tensors. The ``dsl/`` metrics follow the same conventions.
 
 * **text -> video**: every caption ranks all videos; its ground truth is the video it describes.
 * **video -> text**: every video ranks all videos' caption *groups*, a group scoring the max over its
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -35,6 +43,10 @@ ScoreBlock = Callable[[int, int], torch.Tensor]
 """``score_block(start, stop) -> (stop - start, num_videos)`` similarities of captions start..stop."""
 
 RECALL_KS = (1, 5, 10)
+
+MedianRule = Literal["mean", "lower"]
+"""Median of an even count: ``"mean"`` of the two middle values (``np.median``) or the ``"lower"`` one
+(``torch.median``)."""
 
 
 def pessimistic_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -53,14 +65,39 @@ def pessimistic_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (scores >= truth).sum(dim=1) - 1
 
 
-def rank_metrics(ranks: torch.Tensor) -> dict[str, float]:
-    """R@1/5/10 (percent), MdR and MnR from 0-based ranks ``(Q,)``."""
+def rank_metrics(ranks: torch.Tensor, *, median: MedianRule = "mean") -> dict[str, float]:
+    """R@1/5/10 (percent), MdR and MnR from 0-based ranks ``(Q,)``.
+
+    ``median`` is the rule for an even count (see :data:`MedianRule`); :func:`ranks_to_metrics`
+    chooses the reference's rule for each direction.
+    """
     if ranks.numel() == 0:
         raise ValueError("no queries to rank")
+    if median not in ("mean", "lower"):
+        raise ValueError(f"median must be 'mean' or 'lower', got {median!r}")
     ranks = ranks.double()
     out = {f"R{k}": (ranks < k).double().mean().item() * 100.0 for k in RECALL_KS}
-    out["MdR"] = torch.quantile(ranks, 0.5).item() + 1.0
+    middle = torch.quantile(ranks, 0.5) if median == "mean" else torch.median(ranks)
+    out["MdR"] = middle.item() + 1.0
     out["MnR"] = ranks.mean().item() + 1.0
+    return out
+
+
+def ranks_to_metrics(t2v: torch.Tensor, v2t: torch.Tensor, *, prefix: str = "") -> dict[str, float]:
+    """Both directions' metrics, keys ``{prefix}t2v/R1 ... {prefix}v2t/MnR``, as the reference.
+
+    Args:
+        t2v: ``(num_texts,)`` 0-based text -> video ranks (one per caption).
+        v2t: ``(num_videos,)`` 0-based video -> text ranks (one per video).
+        prefix: prepended to every key (``"dsl/"`` for the re-ranked metrics).
+
+    More captions than videos is the multi-caption protocol, whose text -> video MdR takes the
+    lower middle rank of an even count (``torch.median``); every other MdR averages the two.
+    """
+    multi_caption = t2v.numel() > v2t.numel()
+    t2v_median: MedianRule = "lower" if multi_caption else "mean"
+    out = {f"{prefix}t2v/{k}": v for k, v in rank_metrics(t2v, median=t2v_median).items()}
+    out.update({f"{prefix}v2t/{k}": v for k, v in rank_metrics(v2t, median="mean").items()})
     return out
 
 
@@ -156,12 +193,11 @@ def retrieval_metrics(
 ) -> dict[str, float]:
     """Plain retrieval metrics, keys ``t2v/R1 ... t2v/MnR`` and ``v2t/R1 ... v2t/MnR``.
 
-    See :func:`retrieval_ranks` for the arguments; works for single- and multi-caption sets.
+    See :func:`retrieval_ranks` for the arguments; works for single- and multi-caption sets, with
+    the reference's median rule for each (see :func:`ranks_to_metrics`).
     """
     t2v, v2t = retrieval_ranks(score_block, text_to_video, num_videos, chunk_size=chunk_size)
-    out = {f"t2v/{k}": v for k, v in rank_metrics(t2v).items()}
-    out.update({f"v2t/{k}": v for k, v in rank_metrics(v2t).items()})
-    return out
+    return ranks_to_metrics(t2v, v2t)
 
 
 def dual_softmax_metrics(
@@ -194,9 +230,7 @@ def dual_softmax_metrics(
         return block * torch.softmax(temperature * block, dim=1)
 
     t2v, v2t = _rank_pass(score_block, text_to_video, num_videos, chunk_size, t2v_view, v2t_view)
-    out = {f"dsl/t2v/{k}": v for k, v in rank_metrics(t2v).items()}
-    out.update({f"dsl/v2t/{k}": v for k, v in rank_metrics(v2t).items()})
-    return out
+    return ranks_to_metrics(t2v, v2t, prefix="dsl/")
 
 
 def matrix_blocks(similarity: torch.Tensor) -> ScoreBlock:
