@@ -38,8 +38,14 @@ def test_gradients_reach_side_head_and_temperature_but_not_the_frozen_towers() -
     symmetric_infonce(model(*_batch(model))).backward()
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(n.startswith(("video.side", "similarity.", "logit_scale.")) for n in trained)
+    # The last bias of a WTI weight head shifts every logit of a softmax alike: its gradient is
+    # zero in exact arithmetic, so it is rounding noise (exactly 0.0 on some CPUs) and only has
+    # to exist.
+    shift_invariant = {"similarity.text_weight.2.bias", "similarity.frame_weight.2.bias"}
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if name in shift_invariant:
+            assert p.grad is not None and p.grad.abs().max() < 1e-6, name
+        elif p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert p.grad is None, name
