@@ -190,7 +190,10 @@ def test_light_and_large_presets_count_the_paper_parameters() -> None:
 
 
 def test_counting_without_building_matches_the_built_model() -> None:
-    from s4v_recognition.presets import side4video_trainable_parameters
+    from s4v_recognition import METHODS, count_parameters
 
-    assert side4video_trainable_parameters("tiny", K) == _trainable(build_model("tiny", K))
-    assert side4video_trainable_parameters("side4video-b16", 174) == 21_112_686
+    for method in METHODS:
+        model = build_model("tiny", K, method=method)
+        total = sum(p.numel() for p in model.parameters())
+        assert count_parameters("tiny", K, method) == (_trainable(model), total), method
+    assert count_parameters("side4video-b16", 174)[0] == 21_112_686

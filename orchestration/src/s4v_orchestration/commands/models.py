@@ -1,4 +1,4 @@
-"""``s4v models``: the named model presets, with their backbone, frames, side width and size."""
+"""``s4v models``: every registered model preset and method of each task, with computed sizes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,69 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _console() -> Console:
+    # Piped output is not squeezed to rich's default 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _recognition_tables(num_classes: int) -> list[Table]:
+    from s4v_core.assembly import image_tower_parameters
+    from s4v_recognition import METHODS, PRESETS, count_parameters
+
+    presets = Table(
+        title=f"Recognition presets: image tower size, trainable parameters per method "
+        f"({num_classes}-way head)"
+    )
+    for column in ("preset", "backbone", "weights"):
+        presets.add_column(column, no_wrap=True)
+    for column in ("frames", "side width", "image tower", *METHODS):
+        presets.add_column(column, justify="right")
+    for name, preset in PRESETS.items():
+        presets.add_row(
+            name,
+            preset.backbone,
+            preset.pretrained or "random",
+            str(preset.num_frames),
+            str(preset.side_dim),
+            f"{image_tower_parameters(preset.backbone):,}",
+            *(f"{count_parameters(name, num_classes, method)[0]:,}" for method in METHODS),
+        )
+    methods = Table(title="Recognition methods (--set model.method=...)")
+    methods.add_column("method", no_wrap=True)
+    methods.add_column("what trains")
+    for name, method in METHODS.items():
+        methods.add_row(name, method.trains)
+    return [presets, methods]
+
+
+def _retrieval_tables() -> list[Table]:
+    from s4v_retrieval import METHODS, PRESETS
+    from s4v_retrieval.presets import count_parameters
+
+    presets = Table(title="Retrieval presets (trainable parameters per method, text tower frozen)")
+    for column in ("preset", "backbone", "weights", "similarity"):
+        presets.add_column(column, no_wrap=True)
+    for column in ("frames", "words", "side width", *METHODS):
+        presets.add_column(column, justify="right")
+    for name, preset in PRESETS.items():
+        presets.add_row(
+            name,
+            preset.backbone,
+            preset.pretrained or "random",
+            preset.similarity,
+            str(preset.num_frames),
+            str(preset.max_words),
+            str(preset.side_dim),
+            *(f"{count_parameters(name, method)[0]:,}" for method in METHODS),
+        )
+    methods = Table(title="Retrieval methods (--set model.method=...)")
+    methods.add_column("method", no_wrap=True)
+    methods.add_column("what trains")
+    for name, method in METHODS.items():
+        methods.add_row(name, method.trains)
+    return [presets, methods]
+
+
 def models(
     num_classes: Annotated[
         int,
@@ -18,29 +81,15 @@ def models(
         ),
     ] = 174,
 ) -> None:
-    """List the recognition model presets: backbone, frames, side width, trainable parameters."""
-    from s4v_recognition import PRESETS
-    from s4v_recognition.presets import side4video_trainable_parameters
+    """List the model presets and methods of each task, with parameter counts.
 
-    table = Table(title=f"Side4Video presets (trainable parameters with a {num_classes}-way head)")
-    for column in ("preset", "backbone", "weights"):
-        table.add_column(column, no_wrap=True)
-    for column in ("frames", "side width", "trainable params"):
-        table.add_column(column, justify="right")
-    for name, preset in PRESETS.items():
-        trainable = side4video_trainable_parameters(name, num_classes)
-        table.add_row(
-            name,
-            preset.backbone,
-            preset.pretrained or "random",
-            str(preset.num_frames),
-            str(preset.side_dim),
-            f"{trainable:,}",
-        )
-    # Piped output is not squeezed to rich's default 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
-    console.print(table)
+    Every count is computed from the registry (models built on the meta device, nothing
+    allocated), so a newly registered preset or method shows up here as it is.
+    """
+    console = _console()
+    for table in (*_recognition_tables(num_classes), *_retrieval_tables()):
+        console.print(table)
     console.print(
-        "Build one with s4v_recognition.build_model(PRESET, NUM_CLASSES); "
-        "train one with `s4v run recognition --set model.preset=PRESET`."
+        "Train one with `s4v run recognition --set model.preset=PRESET --set model.method=METHOD` "
+        "(or `s4v run retrieval ...`); build one with s4v_recognition.build_model(PRESET, K)."
     )

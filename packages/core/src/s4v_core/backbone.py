@@ -228,7 +228,9 @@ def create_clip(
         model = open_clip.create_model(name, pretrained=pretrained)
     else:
         with _quiet_root_warning("No pretrained weights loaded"):  # random weights were asked for
-            model = open_clip.create_model(name, pretrained=None)
+            # On the default device, so that under `with torch.device("meta")` nothing is
+            # allocated (counting parameters of a large model; open_clip moves to `device`).
+            model = open_clip.create_model(name, pretrained=None, device=torch.get_default_device())
     return model.eval(), identity
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -245,6 +246,52 @@ class SideBlock(nn.Module):
         return x + self.mlp(x)
 
 
+class _SideLayers(Protocol):
+    side_layers: tuple[int, ...]
+    taps: nn.ModuleList
+    blocks: nn.ModuleList
+    pos_embed: nn.Parameter
+    grad_checkpointing: bool
+
+
+def run_side_layers(
+    side: _SideLayers,
+    x: torch.Tensor,
+    layer_tokens: Iterable[torch.Tensor],
+    *,
+    recompute_taps: bool = False,
+) -> torch.Tensor:
+    """Fuse each tapped backbone layer into the side stream and run its side block.
+
+    The loop every side network variant shares: for each backbone layer in ``side.side_layers``,
+    ``y = tap(tokens)``, ``x = 0.5 x + 0.5 y[:, 1:]``, then the block with ``y``'s class token.
+
+    Args:
+        side: the network whose ``taps``, ``blocks``, ``pos_embed`` and ``side_layers`` run.
+        x: side tokens from the stem ``(B*T, N, C)``.
+        layer_tokens: the backbone's tokens after each block ``(B*T, 1+N, D)``, consumed lazily.
+        recompute_taps: recompute the taps in backward instead of keeping their inputs' norms.
+
+    Returns:
+        The side tokens after the last side block ``(B*T, N, C)``.
+    """
+    slot = {layer: i for i, layer in enumerate(side.side_layers)}
+    for layer, tokens in enumerate(layer_tokens):
+        if layer not in slot:
+            continue
+        i = slot[layer]
+        tap = side.taps[i]
+        y = recompute(tap, tokens) if recompute_taps else tap(tokens)  # (B*T, 1+N, C)
+        x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
+        # A copy, so that what the block keeps for backward does not pin all of y.
+        cls = y[:, :1].contiguous()  # (B*T, 1, C)
+        if side.grad_checkpointing:
+            x = recompute(side.blocks[i], x, cls, side.pos_embed)
+        else:
+            x = side.blocks[i](x, cls, side.pos_embed)
+    return x
+
+
 class SideNetwork(nn.Module):
     """The side network: pixels and per-layer backbone tokens -> one C-dim feature per video.
 
@@ -302,18 +349,6 @@ class SideNetwork(nn.Module):
         if frames.shape[1] != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
         x = self.stem(frames)  # (B*T, N, C)
-        slot = dict(zip(self.side_layers, range(len(self.side_layers)), strict=True))
-        for layer, tokens in enumerate(layer_tokens):
-            if layer not in slot:
-                continue
-            i = slot[layer]
-            y = self.taps[i](tokens)  # (B*T, 1+N, C)
-            x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
-            # A copy, so that what the block keeps for backward does not pin all of y.
-            cls = y[:, :1].contiguous()  # (B*T, 1, C)
-            if self.grad_checkpointing:
-                x = recompute(self.blocks[i], x, cls, self.pos_embed)
-            else:
-                x = self.blocks[i](x, cls, self.pos_embed)
+        x = run_side_layers(self, x, layer_tokens)
         x = self.post_norm(x)
         return rearrange(x, "(b t) n c -> b (t n) c", t=self.num_frames).mean(dim=1)

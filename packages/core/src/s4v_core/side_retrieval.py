@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from s4v_core.assembly import side_network_on
 from s4v_core.backbone import FrozenViT
-from s4v_core.recompute import recompute
 from s4v_core.side import (
     SideMlp,
     SideNetworkConfig,
@@ -37,6 +37,7 @@ from s4v_core.side import (
     SideTap,
     TemporalConv,
     TokenBatchNorm,
+    run_side_layers,
     shift_class_tokens,
 )
 
@@ -149,18 +150,7 @@ class RetrievalSideNetwork(nn.Module):
         if frames.shape[1] != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
         x = self.stem(frames)  # (B*T, N, C)
-        slot = {layer: i for i, layer in enumerate(self.side_layers)}
-        for layer, tokens in enumerate(layer_tokens):
-            if layer not in slot:
-                continue
-            i = slot[layer]
-            y = recompute(self.taps[i], tokens)  # (B*T, 1+N, C)
-            x = 0.5 * x + 0.5 * y[:, 1:]
-            cls = y[:, :1].contiguous()  # (B*T, 1, C)
-            if self.grad_checkpointing:
-                x = recompute(self.blocks[i], x, cls, self.pos_embed)
-            else:
-                x = self.blocks[i](x, cls, self.pos_embed)
+        x = run_side_layers(self, x, layer_tokens, recompute_taps=True)
         x = self.post_norm(x)
         return rearrange(x, "(b t) n c -> b t n c", t=self.num_frames).mean(dim=2)
 
@@ -221,12 +211,5 @@ def build_retrieval_video_tower(
     """The video tower on ``backbone``: with a side network of ``config``, or plain CLIP if None."""
     side = None
     if config is not None:
-        side = RetrievalSideNetwork(
-            config,
-            backbone_width=backbone.width,
-            num_layers=backbone.num_layers,
-            patch_size=backbone.patch_size,
-            grid=backbone.grid,
-            num_frames=num_frames,
-        )
+        side = side_network_on(RetrievalSideNetwork, config, backbone, num_frames=num_frames)
     return RetrievalVideoTower(backbone, side)

@@ -7,16 +7,27 @@ from s4v_recognition.checkpoints import (
     load_side4video_checkpoint,
 )
 from s4v_recognition.model import VideoClassifier, build_model
-from s4v_recognition.presets import METHODS, PRESETS, RecognitionPreset, get_preset
+from s4v_recognition.presets import (
+    METHODS,
+    PRESETS,
+    RecognitionMethod,
+    RecognitionPreset,
+    count_parameters,
+    get_method,
+    get_preset,
+)
 
 __all__ = [
     "METHODS",
     "PRESETS",
     "REFERENCE_KEYS",
+    "RecognitionMethod",
     "RecognitionPreset",
     "VideoClassifier",
     "build_model",
     "convert_side4video_checkpoint",
+    "count_parameters",
+    "get_method",
     "get_preset",
     "load_converted_checkpoint",
     "load_side4video_checkpoint",

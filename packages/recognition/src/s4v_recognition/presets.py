@@ -1,18 +1,23 @@
-"""Named recognition model presets, mirroring the reference Side4Video configs.
+"""The recognition registry: named model presets and methods.
 
-Reference: github.com/HJYao00/Side4Video @ 5d72352, ``Recognition/configs/{sthv1,sthv2,k400}/*``
-(spec section 2.2). Every shipped config uses T=8 frames at 224 px, dropout 0 and OpenAI CLIP
-weights, which use QuickGELU (hence the ``-quickgelu`` open_clip names).
+Presets mirror the reference Side4Video configs (github.com/HJYao00/Side4Video @ 5d72352,
+``Recognition/configs/{sthv1,sthv2,k400}/*``, spec section 2.2). Every shipped config uses T=8
+frames at 224 px, dropout 0 and OpenAI CLIP weights, which use QuickGELU (hence the ``-quickgelu``
+open_clip names).
+
+A new backbone size is one :data:`PRESETS` entry; a new method is one :data:`METHODS` entry whose
+builder lives in its own module (the three shipped ones are in :mod:`s4v_recognition.encoders`).
+``s4v models``, the run-config validation and :func:`s4v_recognition.build_model` read only these
+two dicts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
-from s4v_core.backbone import vit_geometry
-from s4v_core.side import SideNetwork, SideNetworkConfig
+from s4v_core.assembly import count_on_meta, lookup
+from s4v_recognition import encoders
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,34 +85,42 @@ PRESETS: dict[str, RecognitionPreset] = {
     ),
 }
 
-METHODS = ("side4video", "linear-probe", "full-finetune")
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecognitionMethod:
+    """How one method turns a preset into a video encoder; a linear head goes on top."""
+
+    # (resolved preset, pretrained weights, grad_checkpointing) -> (encoder, backbone identity)
+    build: Callable[[RecognitionPreset, str | None, bool], encoders.Built]
+    trains: str  # what trains, for `s4v models`
 
 
-def side4video_trainable_parameters(name: str, num_classes: int) -> int:
-    """Trainable parameters of preset ``name``'s side4video model with a K-way head.
-
-    Counted on the meta device: nothing is allocated and no backbone is built.
-    """
-    spec = get_preset(name)
-    geometry = vit_geometry(spec.backbone)
-    with torch.device("meta"):
-        side = SideNetwork(
-            SideNetworkConfig(
-                side_dim=spec.side_dim, head_dim=spec.head_dim, side_layers=spec.side_layers
-            ),
-            backbone_width=geometry.width,
-            num_layers=geometry.num_layers,
-            patch_size=geometry.patch_size,
-            grid=geometry.grid,
-            num_frames=spec.num_frames,
-        )
-    head = spec.side_dim * num_classes + num_classes
-    return sum(p.numel() for p in side.parameters()) + head
+METHODS: dict[str, RecognitionMethod] = {
+    "side4video": RecognitionMethod(build=encoders.side4video, trains="side network + head"),
+    "linear-probe": RecognitionMethod(
+        build=encoders.linear_probe, trains="head on time-averaged frozen CLIP embeddings"
+    ),
+    "full-finetune": RecognitionMethod(
+        build=encoders.full_finetune, trains="the whole CLIP ViT + head, time-averaged"
+    ),
+}
 
 
 def get_preset(name: str) -> RecognitionPreset:
     """The preset called ``name``; a clear error listing the known ones otherwise."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    return lookup(PRESETS, name, "preset")
+
+
+def get_method(name: str) -> RecognitionMethod:
+    """The method called ``name``; a clear error listing the known ones otherwise."""
+    return lookup(METHODS, name, "method")
+
+
+def count_parameters(name: str, num_classes: int, method: str = "side4video") -> tuple[int, int]:
+    """(trainable, total) parameters of preset ``name`` under ``method`` with a K-way head.
+
+    Counted on the meta device: nothing is allocated and no weights are read.
+    """
+    from s4v_recognition.model import build_model  # the model module imports this registry
+
+    return count_on_meta(lambda: build_model(name, num_classes, method=method))

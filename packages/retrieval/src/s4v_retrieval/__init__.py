@@ -15,15 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from s4v_retrieval.loss import all_gather_with_grad, symmetric_infonce
     from s4v_retrieval.metrics import dual_softmax_metrics, retrieval_metrics, retrieval_ranks
-    from s4v_retrieval.model import (
-        METHODS,
-        PRESETS,
-        RetrievalModel,
-        RetrievalPreset,
-        build_model,
-        get_preset,
-        tokenizer_for,
-    )
+    from s4v_retrieval.model import RetrievalModel, build_model, tokenizer_for
+    from s4v_retrieval.presets import METHODS, PRESETS, RetrievalPreset, get_preset
     from s4v_retrieval.similarity import SIMILARITIES, TextFeatures, VideoFeatures
 
 # where each public name lives (imported on first access)
@@ -33,12 +26,12 @@ _WHERE = {
     "dual_softmax_metrics": "metrics",
     "retrieval_metrics": "metrics",
     "retrieval_ranks": "metrics",
-    "METHODS": "model",
-    "PRESETS": "model",
+    "METHODS": "presets",
+    "PRESETS": "presets",
     "RetrievalModel": "model",
-    "RetrievalPreset": "model",
+    "RetrievalPreset": "presets",
     "build_model": "model",
-    "get_preset": "model",
+    "get_preset": "presets",
     "tokenizer_for": "model",
     "SIMILARITIES": "similarity",
     "TextFeatures": "similarity",

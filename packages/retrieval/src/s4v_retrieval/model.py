@@ -1,7 +1,7 @@
 """Text-video retrieval model: Side4Video video tower, CLIP text tower, similarity head, temperature.
 
 Reference: github.com/HJYao00/Side4Video @ 5d72352, ``Retrieval/`` (CLIP4Clip codebase with the side
-network; spec section 4). Two methods:
+network; spec section 4). Two methods, registered in :data:`s4v_retrieval.presets.METHODS`:
 
 ``side4video``   frozen CLIP ViT + retrieval side network whose per-frame features correct the
                  backbone's frame embeddings through a zero-initialised projection (spec 4.1).
@@ -14,16 +14,16 @@ The text tower is frozen by default; ``train_text=True`` trains it in its own pa
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from s4v_core.assembly import TrainableModule, check_image_size, log_built, with_overrides
 from s4v_core.backbone import FrozenViT, create_clip
 from s4v_core.side import SideNetworkConfig
 from s4v_core.side_retrieval import RetrievalVideoTower, build_retrieval_video_tower
+from s4v_retrieval.presets import RetrievalPreset, get_method, get_preset
 from s4v_retrieval.similarity import (
     LOGIT_SCALE_MAX,
     SIMILARITIES,
@@ -34,71 +34,8 @@ from s4v_retrieval.similarity import (
 )
 from s4v_retrieval.text import CLIPTextTower, build_tokenizer
 
-logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RetrievalPreset:
-    """Everything :func:`build_model` needs."""
-
-    backbone: str  # open_clip model name
-    pretrained: str | None  # the weights the reference starts from (open_clip tag)
-    num_frames: int  # T, frames per video (reference max_frames: 12)
-    max_words: int  # tokens per caption incl. start and end (reference max_words: 32)
-    side_dim: int  # C, side network width
-    image_size: int  # input resolution; must match the backbone's
-    head_dim: int = 64  # side attention head width (reference: heads = C // 64)
-    side_layers: tuple[int, ...] | None = None  # backbone layers with a side block; None = all
-    similarity: str = "wti"  # "wti" (reference scripts) or "meanP"
-    description: str = ""
-
-
-PRESETS: dict[str, RetrievalPreset] = {
-    # script_train/run_train_msvd.sh and paper Table 3: ViT-B/32, 12 frames, 32 words, C=320.
-    "side4video-b32": RetrievalPreset(
-        backbone="ViT-B-32-quickgelu",
-        pretrained="openai",
-        num_frames=12,
-        max_words=32,
-        side_dim=320,
-        image_size=224,
-        description="Side4Video retrieval, CLIP ViT-B/32, C=320, WTI (reference MSVD script)",
-    ),
-    # script_train/run_train_{msrvtt,vatex}.sh: ViT-B/16, 12 frames, 32 words, C=320.
-    "side4video-b16": RetrievalPreset(
-        backbone="ViT-B-16-quickgelu",
-        pretrained="openai",
-        num_frames=12,
-        max_words=32,
-        side_dim=320,
-        image_size=224,
-        description="Side4Video retrieval, CLIP ViT-B/16, C=320, WTI (reference MSR-VTT/VATEX)",
-    ),
-    # For tests and the CPU demo: the 4-layer, 32 px s4v-tiny CLIP shipped with s4v_core.
-    "tiny": RetrievalPreset(
-        backbone="s4v-tiny",
-        pretrained=None,
-        num_frames=8,
-        max_words=16,
-        side_dim=64,
-        image_size=32,
-        head_dim=32,
-        description="tiny Side4Video retrieval on the 32 px s4v-tiny CLIP, for tests and demos",
-    ),
-}
-
-METHODS = ("side4video", "frozen-clip")
-
-
-def get_preset(name: str) -> RetrievalPreset:
-    """The preset called ``name``; a clear error listing the known ones otherwise."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-
-
-class RetrievalModel(nn.Module):
+class RetrievalModel(TrainableModule):
     """Video and text towers, a similarity head and CLIP's learned temperature.
 
     ``forward(frames, tokens)`` returns the scaled ``(B, B)`` logits of the *global* batch (features
@@ -174,37 +111,12 @@ class RetrievalModel(nn.Module):
         main = [p for p in self.parameters() if p.requires_grad and id(p) not in text_ids]
         return {"main": main, "text": text} if text else {"main": main}
 
-    def _frozen_prefixes(self) -> list[str]:
-        frozen = [f"{name}." for name, m in self.named_modules() if isinstance(m, FrozenViT)]
+    def frozen_prefixes(self) -> list[str]:
+        """The frozen ViT and, unless it trains, the text tower are not saved."""
+        frozen = super().frozen_prefixes()
         if not self.text.trainable:
             frozen.append("text.")
         return frozen
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trained parameters and BatchNorm buffers; nothing of the frozen towers."""
-        frozen = self._frozen_prefixes()
-        return {
-            key: value
-            for key, value in self.state_dict().items()
-            if not any(key.startswith(prefix) for prefix in frozen)
-        }
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`trainable_state_dict` saved; every key must match, with its shape."""
-        expected = self.trainable_state_dict()
-        missing = sorted(set(expected) - set(state))
-        unknown = sorted(set(state) - set(expected))
-        wrong = [
-            f"{key}: got {tuple(state[key].shape)}, expected {tuple(value.shape)}"
-            for key, value in expected.items()
-            if key in state and state[key].shape != value.shape
-        ]
-        if missing or unknown or wrong:
-            raise ValueError(
-                "trainable state does not fit this model: "
-                f"missing {missing[:5]}, unknown {unknown[:5]}, wrong shapes {wrong[:5]}"
-            )
-        self.load_state_dict(state, strict=False)
 
 
 def build_model(
@@ -222,8 +134,8 @@ def build_model(
     """Build a retrieval model from a named preset.
 
     Args:
-        preset: a key of :data:`PRESETS`.
-        method: ``side4video`` or ``frozen-clip`` (side network off).
+        preset: a key of :data:`s4v_retrieval.PRESETS`.
+        method: a key of :data:`s4v_retrieval.METHODS` (``side4video``; ``frozen-clip``: no side).
         pretrained: CLIP weights: an open_clip tag (the reference's is ``preset.pretrained``), a
             local file, or None for random weights.
         num_frames: override the preset's frames per video.
@@ -234,15 +146,14 @@ def build_model(
         grad_checkpointing: recompute the side blocks' activations in backward.
     """
     spec = get_preset(preset)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    overrides = {
-        "num_frames": num_frames,
-        "side_dim": side_dim,
-        "max_words": max_words,
-        "similarity": similarity,
-    }
-    spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    builder = get_method(method)
+    spec = with_overrides(
+        spec,
+        num_frames=num_frames,
+        side_dim=side_dim,
+        max_words=max_words,
+        similarity=similarity,
+    )
     if spec.similarity not in SIMILARITIES:
         raise ValueError(
             f"unknown similarity {spec.similarity!r}; choose one of {', '.join(SIMILARITIES)}"
@@ -250,13 +161,9 @@ def build_model(
 
     clip, identity = create_clip(spec.backbone, pretrained)
     backbone = FrozenViT(clip.visual, identity, with_projection=True)
-    if spec.image_size != backbone.image_size:
-        raise ValueError(
-            f"preset image_size {spec.image_size} differs from {spec.backbone}'s "
-            f"{backbone.image_size}"
-        )
+    check_image_size(spec.image_size, spec.backbone, backbone.image_size)
     side_config = None
-    if method == "side4video":
+    if builder.side_network:
         side_config = SideNetworkConfig(
             side_dim=spec.side_dim,
             head_dim=spec.head_dim,
@@ -269,7 +176,9 @@ def build_model(
         raise ValueError(
             f"{spec.backbone}: text width {text.width} differs from image width {video.embed_dim}"
         )
-    init_scale = min(max(float(clip.logit_scale.detach().reshape(-1)[0]), 0.0), LOGIT_SCALE_MAX)
+    scale = clip.logit_scale.detach().reshape(-1)[0]
+    # A model built on the meta device (parameter counting) has no value to read.
+    init_scale = math.nan if scale.is_meta else min(max(float(scale), 0.0), LOGIT_SCALE_MAX)
     model = RetrievalModel(
         video,
         text,
@@ -279,12 +188,7 @@ def build_model(
         preset=spec,
         backbone_identity=identity,
     )
-    logger.info(
-        "built retrieval %s/%s: %d trainable parameters",
-        preset,
-        method,
-        sum(p.numel() for p in model.parameters() if p.requires_grad),
-    )
+    log_built(f"retrieval {preset}/{method}", model)
     return model
 
 
