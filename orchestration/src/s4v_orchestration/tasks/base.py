@@ -16,8 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from s4v_data.synthetic import generate
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.runtime import DistEnv
+from s4v_orchestration.sampling import SeededItems, ShardSampler
 
 # track(iterable, total, description) -> the same items, shown as a progress bar.
 Track = Callable[[Iterable[Any], int, str], Iterable[Any]]
@@ -111,3 +113,72 @@ class Task(Protocol):
         track: Track = no_track,
     ) -> Evaluation:
         """The end-of-run test of the best weights; rank 0 writes the report files to ``out_dir``."""
+
+
+# -- helpers every task uses ------------------------------------------------------------------
+
+
+def build_from_seed(config: RunConfig, build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` with torch's generator seeded from ``config.seed`` alone (restored after).
+
+    A random backbone (pretrained=None), which the checkpoint does not store, is then rebuilt
+    identically on resume, for evaluation and on every DDP rank.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build()
+
+
+def generate_synthetic(
+    config: RunConfig, announce: Callable[[str], None], *, captions: bool = False
+) -> None:
+    """Generate the synthetic dataset of ``config.data`` unless it is already there."""
+    synthetic = config.data.synthetic
+    if not Path(config.data.root).exists():
+        what = "captioned synthetic dataset" if captions else "synthetic dataset"
+        announce(f"generating the {what} in {config.data.root} (first run only)")
+    generate(
+        config.data.root,
+        seed=synthetic.seed,
+        videos_per_class=synthetic.videos_per_class,
+        num_frames=synthetic.num_frames,
+        size=synthetic.size,
+        captions=captions,
+    )
+
+
+def train_sampling(
+    dataset: Dataset, config: RunConfig, *, epoch: int, env: DistEnv
+) -> tuple[SeededItems, ShardSampler]:
+    """The epoch's training items (each augmented from its own seed) and this rank's share.
+
+    The order is a permutation of ``(seed, epoch)`` cut to whole batches on every rank
+    (``drop_last``): a pure function of seed and epoch, so a resumed run sees the same clips.
+    """
+    items = SeededItems(dataset, seed=config.seed)
+    items.set_epoch(epoch)
+    sampler = ShardSampler(
+        len(items),
+        rank=env.rank,
+        world_size=env.world_size,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=True,
+    )
+    sampler.set_epoch(epoch)
+    return items, sampler
+
+
+def eval_sampler(dataset: Dataset, env: DistEnv) -> ShardSampler:
+    """This rank's share of an evaluation set, in order; every item is seen exactly once."""
+    return ShardSampler(
+        len(dataset),  # type: ignore[arg-type]
+        rank=env.rank,
+        world_size=env.world_size,
+        shuffle=False,
+        drop_last=False,
+    )
+
+
+def eval_batch_size(config: RunConfig) -> int:
+    return config.eval.batch_size or config.data.batch_size

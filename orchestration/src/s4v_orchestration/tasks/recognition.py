@@ -19,12 +19,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from s4v_data import DATASETS, VideoClipDataset, make_loader, read_labels
-from s4v_data.synthetic import DIRECTION_PAIRS, generate
+from s4v_data.synthetic import DIRECTION_PAIRS
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.reports import write_recognition_report
 from s4v_orchestration.runtime import DistEnv
-from s4v_orchestration.sampling import SeededItems, ShardSampler
-from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts, Track, no_track
+from s4v_orchestration.tasks.base import (
+    Evaluation,
+    Task,
+    TaskParts,
+    Track,
+    build_from_seed,
+    eval_batch_size,
+    eval_sampler,
+    generate_synthetic,
+    no_track,
+    train_sampling,
+)
 from s4v_recognition import PRESETS, build_model
 from s4v_recognition.losses import classification_loss, mix_clips
 from s4v_recognition.metrics import (
@@ -105,16 +115,7 @@ class RecognitionTask(Task):
         with_train_data: bool = True,
     ) -> None:
         if config.data.dataset == "synthetic":
-            synthetic = config.data.synthetic
-            if not Path(config.data.root).exists():
-                announce(f"generating the synthetic dataset in {config.data.root} (first run only)")
-            generate(
-                config.data.root,
-                seed=synthetic.seed,
-                videos_per_class=synthetic.videos_per_class,
-                num_frames=synthetic.num_frames,
-                size=synthetic.size,
-            )
+            generate_synthetic(config, announce)
         check_data_files(config, need_train=with_train_data)
 
     def _dataset(self, config: RunConfig, list_file: Path, mode: str) -> VideoClipDataset:
@@ -147,13 +148,10 @@ class RecognitionTask(Task):
                 f"the model predicts {model.num_classes} classes but {files.labels} lists "
                 f"{self.num_classes}; evaluate it on the dataset it was trained for"
             )
-        # Initialise from config.seed alone: a random backbone (pretrained=None), which the
-        # checkpoint does not store, is then rebuilt identically on resume, for evaluation and on
-        # every DDP rank.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            if model is None:
-                model = build_model(
+        if model is None:
+            model = build_from_seed(
+                config,
+                lambda: build_model(
                     config.model.preset,
                     self.num_classes,
                     method=config.model.method,
@@ -162,7 +160,8 @@ class RecognitionTask(Task):
                     side_dim=config.model.side_dim,
                     grad_checkpointing=config.model.grad_checkpointing,
                     dropout=config.model.dropout,
-                )
+                ),
+            )
         self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
         return TaskParts(
             model=model,
@@ -177,17 +176,7 @@ class RecognitionTask(Task):
     def train_loader(
         self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv
     ) -> DataLoader:
-        items = SeededItems(parts.train_data, seed=config.seed)
-        items.set_epoch(epoch)
-        sampler = ShardSampler(
-            len(items),
-            rank=env.rank,
-            world_size=env.world_size,
-            shuffle=True,
-            seed=config.seed,
-            drop_last=True,
-        )
-        sampler.set_epoch(epoch)
+        items, sampler = train_sampling(parts.train_data, config, epoch=epoch, env=env)
         return make_loader(
             items,
             batch_size=config.data.batch_size,
@@ -201,14 +190,11 @@ class RecognitionTask(Task):
     def _eval_loader(
         self, dataset: VideoClipDataset, config: RunConfig, env: DistEnv
     ) -> DataLoader:
-        sampler = ShardSampler(
-            len(dataset), rank=env.rank, world_size=env.world_size, shuffle=False, drop_last=False
-        )
         return make_loader(
             dataset,
-            batch_size=config.eval.batch_size or config.data.batch_size,
+            batch_size=eval_batch_size(config),
             shuffle=False,
-            sampler=sampler,
+            sampler=eval_sampler(dataset, env),
             num_workers=config.data.num_workers,
             seed=config.seed,
         )

@@ -22,11 +22,20 @@ from torch.utils.data import DataLoader
 from s4v_data.retrieval import CaptionedVideos, Split
 from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
 from s4v_data.specs import RETRIEVAL_LAYOUTS
-from s4v_data.synthetic import generate
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.runtime import DistEnv
-from s4v_orchestration.sampling import SeededItems, ShardSampler
-from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts, Track, no_track
+from s4v_orchestration.tasks.base import (
+    Evaluation,
+    Task,
+    TaskParts,
+    Track,
+    build_from_seed,
+    eval_batch_size,
+    eval_sampler,
+    generate_synthetic,
+    no_track,
+    train_sampling,
+)
 from s4v_orchestration.tasks.recognition import DataNotFoundError
 from s4v_retrieval import PRESETS, build_model, tokenizer_for
 from s4v_retrieval.loss import symmetric_infonce
@@ -64,20 +73,7 @@ class RetrievalTask(Task):
         with_train_data: bool = True,
     ) -> None:
         if config.data.dataset == "synthetic":
-            synthetic = config.data.synthetic
-            if not Path(config.data.root).exists():
-                announce(
-                    f"generating the captioned synthetic dataset in {config.data.root} "
-                    "(first run only)"
-                )
-            generate(
-                config.data.root,
-                seed=synthetic.seed,
-                videos_per_class=synthetic.videos_per_class,
-                num_frames=synthetic.num_frames,
-                size=synthetic.size,
-                captions=True,
-            )
+            generate_synthetic(config, announce, captions=True)
         splits = (TRAIN_SPLIT, VAL_SPLIT) if with_train_data else (VAL_SPLIT,)
         for split in splits:
             self._read(config, split)
@@ -108,13 +104,10 @@ class RetrievalTask(Task):
     ) -> TaskParts:
         self.config = config
         retrieval = config.retrieval
-        # Initialise from config.seed alone, so that random CLIP weights (pretrained=None), which
-        # the checkpoint does not store, are rebuilt identically on resume, for evaluation and on
-        # every DDP rank.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            if model is None:
-                model = build_model(
+        if model is None:
+            model = build_from_seed(
+                config,
+                lambda: build_model(
                     config.model.preset,
                     method=config.model.method,
                     pretrained=config.model.pretrained,
@@ -124,7 +117,8 @@ class RetrievalTask(Task):
                     similarity=retrieval.similarity,
                     train_text=retrieval.train_text,
                     grad_checkpointing=config.model.grad_checkpointing,
-                )
+                ),
+            )
         layout = RETRIEVAL_LAYOUTS[config.data.dataset]
         common = dict(
             num_frames=config.data.num_frames,
@@ -164,18 +158,8 @@ class RetrievalTask(Task):
     def train_loader(
         self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv
     ) -> DataLoader:
-        items = SeededItems(parts.train_data, seed=config.seed)
-        items.set_epoch(epoch)
         # drop_last: every rank contributes a full batch to the gathered contrastive loss.
-        sampler = ShardSampler(
-            len(items),
-            rank=env.rank,
-            world_size=env.world_size,
-            shuffle=True,
-            seed=config.seed,
-            drop_last=True,
-        )
-        sampler.set_epoch(epoch)
+        items, sampler = train_sampling(parts.train_data, config, epoch=epoch, env=env)
         return DataLoader(
             items,
             batch_size=config.data.batch_size,
@@ -186,13 +170,10 @@ class RetrievalTask(Task):
         )
 
     def _eval_loader(self, dataset: RetrievalVideos, config: RunConfig, env: DistEnv) -> DataLoader:
-        sampler = ShardSampler(
-            len(dataset), rank=env.rank, world_size=env.world_size, shuffle=False, drop_last=False
-        )
         return DataLoader(
             dataset,
-            batch_size=config.eval.batch_size or config.data.batch_size,
-            sampler=sampler,
+            batch_size=eval_batch_size(config),
+            sampler=eval_sampler(dataset, env),
             num_workers=config.data.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
