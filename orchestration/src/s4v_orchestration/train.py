@@ -112,6 +112,46 @@ def run_training(
         close_distributed(env)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Run:
+    """What the steps of one run share, fixed once the run is set up and resumed.
+
+    The counters that change as the run goes (and that a checkpoint carries) are in
+    :class:`TrainState`, which the steps take beside this.
+    """
+
+    config: RunConfig
+    task: Task
+    device: torch.device
+    env: DistEnv
+    precision: str
+    ui: RunProgress
+    parts: TaskParts
+    model: nn.Module  # the bare model: checkpoints, validation and the final test use it
+    ddp_model: nn.Module  # what trains: the model, wrapped in DDP when distributed
+    trainable: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def best_key(self) -> str:
+        return f"val/{self.task.best_metric}"
+
+
 def _run(
     config: RunConfig,
     task: Task,
@@ -120,31 +160,97 @@ def _run(
     on_epoch_end: EpochCallback | None,
     progress: bool,
 ) -> TrainResult:
-    solver = config.solver
+    """One run, step by step, on a device and process group already set up."""
+    precision, ui = _set_up_runtime(config, device, env, progress)
+    parts = _build_parts(config, task, env, ui)
+    model = parts.model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = _steps_per_epoch(config, task, parts, env)
+    optimizer, scheduler, scaler = _build_optimization(
+        config, task, model, device, precision, steps_per_epoch
+    )
+
+    state = TrainState()
+    if config.resume is not None:
+        state = _resume(config, parts, model, optimizer, scheduler, scaler, env)
+        ui.note(f"resumed from {config.resume} after epoch {state.epoch} (step {state.step})")
+    run = _Run(
+        config=config,
+        task=task,
+        device=device,
+        env=env,
+        precision=precision,
+        ui=ui,
+        parts=parts,
+        model=model,
+        ddp_model=_distribute(model, device, env),
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+    with _open_tracking(run, state) as tracker, ui:
+        _start_tracking(run, state, tracker)
+        _train_epochs(run, state, tracker, on_epoch_end)
+        result = _final_metrics(run, state, tracker)
+
+    return TrainResult(
+        metrics=result,
+        config=config,
+        run_id=tracker.run_id,
+        best_checkpoint=run.best_path if run.best_path.is_file() else None,
+        last_checkpoint=run.last_path,
+    )
+
+
+# --- setting the run up -----------------------------------------------------------------------
+
+
+def _set_up_runtime(
+    config: RunConfig, device: torch.device, env: DistEnv, progress: bool
+) -> tuple[str, RunProgress]:
+    """CPU threads, the seed (one per rank), the precision the device runs and the progress UI."""
     if config.cpu_threads is not None:
         torch.set_num_threads(config.cpu_threads)
     seed_everything(config.seed + env.rank)
-    precision = resolve_precision(solver.precision, device)
-    out_dir = Path(config.output_dir)
-    ui = RunProgress(enabled=progress and env.is_main)
+    precision = resolve_precision(config.solver.precision, device)
+    return precision, RunProgress(enabled=progress and env.is_main)
 
-    # Data and model. Rank 0 prepares the data (e.g. generates the synthetic set) while the
-    # others wait, then every rank builds the same model and datasets.
+
+def _build_parts(config: RunConfig, task: Task, env: DistEnv, ui: RunProgress) -> TaskParts:
+    """The task's model and datasets, the same on every rank."""
+    # Rank 0 prepares the data (e.g. generates the synthetic set) while the others wait, then
+    # every rank builds the same model and datasets.
     if env.is_main:
         task.prepare_data(config, announce=ui.note)
     env.barrier()
-    parts = task.build(config)
-    model = parts.model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    return task.build(config)
 
-    # Optimizer, schedule and gradient scaler (fp16 only), all counted in optimizer steps.
-    accumulation = solver.grad_accumulation
-    steps_per_epoch = len(task.train_loader(parts, config, epoch=0, env=env)) // accumulation
-    if steps_per_epoch == 0:
+
+def _steps_per_epoch(config: RunConfig, task: Task, parts: TaskParts, env: DistEnv) -> int:
+    """Optimizer steps in one epoch; at least one, or the run cannot start."""
+    accumulation = config.solver.grad_accumulation
+    steps = len(task.train_loader(parts, config, epoch=0, env=env)) // accumulation
+    if steps == 0:
         raise ValueError(
             f"the training set is too small for batch_size {config.data.batch_size} x "
             f"{env.world_size} processes x grad_accumulation {accumulation}: no full step per epoch"
         )
+    return steps
+
+
+def _build_optimization(
+    config: RunConfig,
+    task: Task,
+    model: nn.Module,
+    device: torch.device,
+    precision: str,
+    steps_per_epoch: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler]:
+    """Optimizer, schedule and gradient scaler (fp16 only), all counted in optimizer steps."""
+    solver = config.solver
     # A task may split the parameters into groups with their own learning rates (retrieval's
     # trainable text tower); by default everything trains at solver.lr.
     groups = task.parameter_groups(model, config)
@@ -161,219 +267,234 @@ def _run(
         total_steps=solver.epochs * steps_per_epoch,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return optimizer, scheduler, scaler
 
-    state = TrainState()
-    if config.resume is not None:
-        state = _resume(config, parts, model, optimizer, scheduler, scaler, env)
-        ui.note(f"resumed from {config.resume} after epoch {state.epoch} (step {state.step})")
-    ddp_model = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if env.distributed
-        else model
+
+def _distribute(model: nn.Module, device: torch.device, env: DistEnv) -> nn.Module:
+    """The model in DDP when distributed; wrapped after resuming, as DDP copies rank 0's weights."""
+    if not env.distributed:
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
     )
 
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    best_key = f"val/{task.best_metric}"
-    with (
-        tracked_run(
-            enabled=config.tracking.enabled and env.is_main,
-            tracking_uri=config.tracking.uri,
-            experiment=config.tracking.experiment,
-            run_name=config.tracking.run_name or _run_name(config, env),
-            tags=_tags(config, parts, env, precision),
-            parent_run_id=config.tracking.parent_run_id,
-            continue_run_id=state.run_id,
-            system_metrics=config.tracking.system_metrics,
-        ) as tracker,
-        ui,
-    ):
-        state.run_id = tracker.run_id
-        if env.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.yaml").write_text(to_yaml(config))
-            if tracker.continued:
-                tracker.set_tags({"s4v.resumed_from": f"{config.resume} (epoch {state.epoch})"})
-            else:
-                tracker.log_params(flatten(config))
-                tracker.log_text(to_yaml(config), "config.yaml")
-        ui.note(_describe_run(config, parts, device, precision, env, steps_per_epoch, tracker))
-        ui.start_epochs(solver.epochs, completed=state.epoch)
 
-        for epoch in range(state.epoch, solver.epochs):
-            started = time.perf_counter()
-            loader = task.train_loader(parts, config, epoch=epoch, env=env)
-            train_metrics = _train_one_epoch(
-                ddp_model, task, loader, optimizer, scheduler, scaler, trainable,
-                config=config, device=device, precision=precision, env=env, state=state,
-                steps=steps_per_epoch, epoch=epoch, tracker=tracker, ui=ui,
-            )  # fmt: skip
-            stopping = solver.max_steps is not None and state.step >= solver.max_steps
-            metrics = dict(train_metrics)
-            if (epoch + 1) % config.eval.every == 0 or epoch + 1 == solver.epochs or stopping:
-                val_loader = task.val_loader(parts, config, env=env)
-                val = task.validate(model, val_loader, device, env, track=ui.track)
-                metrics |= {f"val/{k}": v for k, v in val.items()}
-            metrics["epoch/time_s"] = time.perf_counter() - started
-            metrics["epoch/peak_mem_mb"] = peak_memory_mb(device)
-
-            state.epoch = epoch + 1
-            state.last_metrics = metrics
-            is_best = best_key in metrics and metrics[best_key] > state.best
-            if is_best:
-                state.best, state.best_epoch = metrics[best_key], state.epoch
-            checkpoint = _checkpoint_state(
-                config, parts, model, optimizer, scheduler, scaler, state, env
-            )
-            if env.is_main:
-                save_checkpoint(last_path, checkpoint)
-                if is_best:
-                    save_checkpoint(best_path, checkpoint)
-                tracker.log_metrics(metrics, step=state.epoch)
-                ui.end_epoch(_epoch_summary(metrics, best_key))
-                if on_epoch_end is not None:
-                    on_epoch_end(state.epoch, dict(metrics), last_path, tracker.run_id)
-            if stopping:
-                ui.note(f"stopping after {state.step} steps (solver.max_steps)")
-                break
-
-        result = dict(state.last_metrics)
-        result[f"val/best_{task.best_metric}"] = state.best
-        result["best_epoch"] = float(state.best_epoch)
-        if config.eval.final_test:
-            result |= _final_test(
-                config, task, parts, model, device, env, best_path, tracker, ui, state
-            )
-        if env.is_main and config.tracking.log_checkpoint and best_path.is_file():
-            tracker.log_artifact(best_path, "checkpoints")
-
-    return TrainResult(
-        metrics=result,
-        config=config,
-        run_id=tracker.run_id,
-        best_checkpoint=best_path if best_path.is_file() else None,
-        last_checkpoint=last_path,
+def _open_tracking(run: _Run, state: TrainState) -> contextlib.AbstractContextManager[Tracker]:
+    """The MLflow run (rank 0 only), continuing the checkpoint's run on resume."""
+    config = run.config
+    return tracked_run(
+        enabled=config.tracking.enabled and run.env.is_main,
+        tracking_uri=config.tracking.uri,
+        experiment=config.tracking.experiment,
+        run_name=config.tracking.run_name or _run_name(config, run.env),
+        tags=_tags(config, run.parts, run.env, run.precision),
+        parent_run_id=config.tracking.parent_run_id,
+        continue_run_id=state.run_id,
+        system_metrics=config.tracking.system_metrics,
     )
+
+
+def _start_tracking(run: _Run, state: TrainState, tracker: Tracker) -> None:
+    """Write config.yaml, log the params (or tag the resumed run) and announce the run."""
+    config = run.config
+    state.run_id = tracker.run_id
+    if run.env.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        (run.out_dir / "config.yaml").write_text(to_yaml(config))
+        if tracker.continued:
+            tracker.set_tags({"s4v.resumed_from": f"{config.resume} (epoch {state.epoch})"})
+        else:
+            tracker.log_params(flatten(config))
+            tracker.log_text(to_yaml(config), "config.yaml")
+    run.ui.note(_describe_run(run, tracker))
+    run.ui.start_epochs(config.solver.epochs, completed=state.epoch)
+
+
+# --- the epochs -------------------------------------------------------------------------------
+
+
+def _train_epochs(
+    run: _Run, state: TrainState, tracker: Tracker, on_epoch_end: EpochCallback | None
+) -> None:
+    """The epochs from ``state.epoch`` on: train, validate when due, checkpoint and log each."""
+    solver = run.config.solver
+    for epoch in range(state.epoch, solver.epochs):
+        started = time.perf_counter()
+        metrics = _train_one_epoch(run, state, epoch, tracker)
+        stopping = solver.max_steps is not None and state.step >= solver.max_steps
+        if (epoch + 1) % run.config.eval.every == 0 or epoch + 1 == solver.epochs or stopping:
+            metrics |= _validate(run)
+        metrics["epoch/time_s"] = time.perf_counter() - started
+        metrics["epoch/peak_mem_mb"] = peak_memory_mb(run.device)
+        _end_epoch(run, state, epoch, metrics, tracker, on_epoch_end)
+        if stopping:
+            run.ui.note(f"stopping after {state.step} steps (solver.max_steps)")
+            break
+
+
+def _validate(run: _Run) -> dict[str, float]:
+    """Validation metrics over all ranks, prefixed ``val/``."""
+    val_loader = run.task.val_loader(run.parts, run.config, env=run.env)
+    val = run.task.validate(run.model, val_loader, run.device, run.env, track=run.ui.track)
+    return {f"val/{k}": v for k, v in val.items()}
+
+
+def _end_epoch(
+    run: _Run,
+    state: TrainState,
+    epoch: int,
+    metrics: dict[str, float],
+    tracker: Tracker,
+    on_epoch_end: EpochCallback | None,
+) -> None:
+    """Count the epoch, write ``last.pt`` (and ``best.pt``), log it and call ``on_epoch_end``."""
+    state.epoch = epoch + 1
+    state.last_metrics = metrics
+    is_best = run.best_key in metrics and metrics[run.best_key] > state.best
+    if is_best:
+        state.best, state.best_epoch = metrics[run.best_key], state.epoch
+    checkpoint = _checkpoint_state(run, state)
+    if run.env.is_main:
+        save_checkpoint(run.last_path, checkpoint)
+        if is_best:
+            save_checkpoint(run.best_path, checkpoint)
+        tracker.log_metrics(metrics, step=state.epoch)
+        run.ui.end_epoch(_epoch_summary(metrics, run.best_key))
+        if on_epoch_end is not None:
+            on_epoch_end(state.epoch, dict(metrics), run.last_path, tracker.run_id)
+
+
+@dataclass(kw_only=True)
+class _LossMeter:
+    """Sums of the loss (one value per micro-batch) and of the clips seen since ``start``."""
+
+    start: float  # time.perf_counter()
+    loss: float = 0.0
+    batches: int = 0
+    clips: int = 0
+
+    def add(self, loss: float, clips: int) -> None:
+        self.loss += loss
+        self.batches += 1
+        self.clips += clips
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.batches, 1)
+
+    def clips_per_s(self) -> float:
+        return self.clips / max(time.perf_counter() - self.start, 1e-9)
 
 
 def _train_one_epoch(
-    model: nn.Module,
-    task: Task,
-    loader: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    trainable: list[nn.Parameter],
-    *,
-    config: RunConfig,
-    device: torch.device,
-    precision: str,
-    env: DistEnv,
-    state: TrainState,
-    steps: int,
-    epoch: int,
-    tracker: Tracker,
-    ui: RunProgress,
+    run: _Run, state: TrainState, epoch: int, tracker: Tracker
 ) -> dict[str, float]:
-    """One epoch of ``steps`` optimizer steps; returns the epoch's mean loss and throughput."""
-    solver = config.solver
+    """One epoch of ``steps_per_epoch`` optimizer steps; returns its mean loss and throughput."""
+    solver = run.config.solver
     accumulation = solver.grad_accumulation
-    model.train()
-    epoch_loss, epoch_batches, epoch_clips = 0.0, 0, 0
-    window_loss, window_batches, window_clips = 0.0, 0, 0
-    window_start = epoch_start = time.perf_counter()
+    micro_batches = run.steps_per_epoch * accumulation
+    loader = run.task.train_loader(run.parts, run.config, epoch=epoch, env=run.env)
+    run.ddp_model.train()
+    now = time.perf_counter()
+    total, window = _LossMeter(start=now), _LossMeter(start=now)
     description = f"epoch {epoch + 1}/{solver.epochs}"
-    batches = ui.track(loader, steps * accumulation, description)
+    batches = run.ui.track(loader, micro_batches, description)
     for index, batch in enumerate(batches):
-        if index >= steps * accumulation:
+        if index >= micro_batches:
             break  # a last incomplete accumulation group is dropped, so every step is full
         last_micro_batch = (index + 1) % accumulation == 0
-        # DDP averages gradients only on the micro-batch that ends an accumulation group.
-        sync = (
-            model.no_sync()
-            if env.distributed and not last_micro_batch
-            else contextlib.nullcontext()
-        )
-        with sync:
-            with autocast(device, precision):
-                loss, clips = task.loss(model, batch, device)
-            global_loss = env.mean(loss.detach().float()).item()
-            if not math.isfinite(global_loss):
-                raise NonFiniteLossError(
-                    f"the training loss became {global_loss} at epoch {epoch + 1}, step "
-                    f"{state.step + 1}. The last good checkpoint is "
-                    f"{Path(config.output_dir) / 'last.pt'} (after epoch {state.epoch}). Try a "
-                    "lower solver.lr, solver.clip_grad_norm=1.0 or solver.precision=fp32."
-                )
-            scaler.scale(loss / accumulation).backward()
-        epoch_loss += global_loss
-        window_loss += global_loss
-        epoch_batches += 1
-        window_batches += 1
-        epoch_clips += clips * env.world_size
-        window_clips += clips * env.world_size
+        loss, clips = _forward_backward(run, state, batch, epoch, last_micro_batch)
+        total.add(loss, clips * run.env.world_size)
+        window.add(loss, clips * run.env.world_size)
         if not last_micro_batch:
             continue
 
-        if solver.clip_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, solver.clip_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        state.step += 1
-
-        if state.step % config.tracking.log_every == 0 or state.step == 1:
-            elapsed = time.perf_counter() - window_start
+        lr = _optimizer_step(run, state)
+        if state.step % run.config.tracking.log_every == 0 or state.step == 1:
             tracker.log_metrics(
                 {
-                    "train/loss": window_loss / window_batches,
+                    "train/loss": window.mean_loss,
                     "train/lr": lr,
-                    "train/clips_per_s": window_clips / max(elapsed, 1e-9),
+                    "train/clips_per_s": window.clips_per_s(),
                 },
                 step=state.step,
             )
-            ui.set_info(description, f"loss {window_loss / window_batches:.3f}  lr {lr:.2e}")
-            window_loss, window_batches, window_clips = 0.0, 0, 0
-            window_start = time.perf_counter()
+            run.ui.set_info(description, f"loss {window.mean_loss:.3f}  lr {lr:.2e}")
+            window = _LossMeter(start=time.perf_counter())
         if solver.max_steps is not None and state.step >= solver.max_steps:
             break
-    elapsed = time.perf_counter() - epoch_start
     return {
-        "train/epoch_loss": epoch_loss / max(epoch_batches, 1),
-        "train/epoch_clips_per_s": epoch_clips / max(elapsed, 1e-9),
+        "train/epoch_loss": total.mean_loss,
+        "train/epoch_clips_per_s": total.clips_per_s(),
     }
 
 
-def _checkpoint_state(
-    config: RunConfig,
-    parts: TaskParts,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    state: TrainState,
-    env: DistEnv,
-) -> dict[str, Any]:
+def _forward_backward(
+    run: _Run, state: TrainState, batch: Any, epoch: int, last_micro_batch: bool
+) -> tuple[float, int]:
+    """Loss and gradients of one micro-batch; returns the loss averaged over ranks and its clips.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN or infinite on some rank.
+    """
+    # DDP averages gradients only on the micro-batch that ends an accumulation group.
+    sync = (
+        run.ddp_model.no_sync()
+        if run.env.distributed and not last_micro_batch
+        else contextlib.nullcontext()
+    )
+    with sync:
+        with autocast(run.device, run.precision):
+            loss, clips = run.task.loss(run.ddp_model, batch, run.device)
+        global_loss = run.env.mean(loss.detach().float()).item()
+        if not math.isfinite(global_loss):
+            raise NonFiniteLossError(
+                f"the training loss became {global_loss} at epoch {epoch + 1}, step "
+                f"{state.step + 1}. The last good checkpoint is "
+                f"{run.last_path} (after epoch {state.epoch}). Try a "
+                "lower solver.lr, solver.clip_grad_norm=1.0 or solver.precision=fp32."
+            )
+        run.scaler.scale(loss / run.config.solver.grad_accumulation).backward()
+    return global_loss, clips
+
+
+def _optimizer_step(run: _Run, state: TrainState) -> float:
+    """Clip, step the optimizer (through the scaler) and the schedule; returns the step's lr."""
+    clip_grad_norm = run.config.solver.clip_grad_norm
+    if clip_grad_norm is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.trainable, clip_grad_norm)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    state.step += 1
+    return lr
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def _checkpoint_state(run: _Run, state: TrainState) -> dict[str, Any]:
     """Everything needed to continue exactly; RNG states of every rank (a collective call)."""
-    rng = env.all_gather(rng_state())
+    rng = run.env.all_gather(rng_state())
     return {
-        "task": config.task,
-        "config": config.model_dump(mode="json"),
-        "backbone": parts.backbone_identity,
-        "model": model.trainable_state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
+        "task": run.config.task,
+        "config": run.config.model_dump(mode="json"),
+        "backbone": run.parts.backbone_identity,
+        "model": run.model.trainable_state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "rng": rng,
-        "world_size": env.world_size,
+        "world_size": run.env.world_size,
         "epoch": state.epoch,
         "step": state.step,
         "best": {"value": state.best, "epoch": state.best_epoch},
         "metrics": state.last_metrics,
         "mlflow_run_id": state.run_id,
-        **parts.extra,
+        **run.parts.extra,
     }
 
 
@@ -412,24 +533,30 @@ def _resume(
     )
 
 
-def _final_test(
-    config: RunConfig,
-    task: Task,
-    parts: TaskParts,
-    model: nn.Module,
-    device: torch.device,
-    env: DistEnv,
-    best_path: Path,
-    tracker: Tracker,
-    ui: RunProgress,
-    state: TrainState,
-) -> dict[str, float]:
+# --- the end of the run -----------------------------------------------------------------------
+
+
+def _final_metrics(run: _Run, state: TrainState, tracker: Tracker) -> dict[str, float]:
+    """The last epoch's metrics, the best validation value, and the final test's if it runs."""
+    result = dict(state.last_metrics)
+    result[f"val/best_{run.task.best_metric}"] = state.best
+    result["best_epoch"] = float(state.best_epoch)
+    if run.config.eval.final_test:
+        result |= _final_test(run, state, tracker)
+    if run.env.is_main and run.config.tracking.log_checkpoint and run.best_path.is_file():
+        tracker.log_artifact(run.best_path, "checkpoints")
+    return result
+
+
+def _final_test(run: _Run, state: TrainState, tracker: Tracker) -> dict[str, float]:
     """Test the best weights (the last ones if no epoch validated) and log the report files."""
-    env.barrier()  # best.pt is complete on disk
-    if best_path.is_file():
-        model.load_trainable_state_dict(load_checkpoint(best_path)["model"])
-    out_dir = Path(config.output_dir) / "eval"
-    evaluation = task.final_test(model, config, parts, device, env, out_dir, track=ui.track)
+    run.env.barrier()  # best.pt is complete on disk
+    if run.best_path.is_file():
+        run.model.load_trainable_state_dict(load_checkpoint(run.best_path)["model"])
+    out_dir = run.out_dir / "eval"
+    evaluation = run.task.final_test(
+        run.model, run.config, run.parts, run.device, run.env, out_dir, track=run.ui.track
+    )
     metrics = {f"test/{k}": v for k, v in evaluation.metrics.items()}
     tracker.log_metrics(metrics, step=state.epoch)
     for path in evaluation.files:
@@ -458,23 +585,16 @@ def _tags(config: RunConfig, parts: TaskParts, env: DistEnv, precision: str) -> 
     }
 
 
-def _describe_run(
-    config: RunConfig,
-    parts: TaskParts,
-    device: torch.device,
-    precision: str,
-    env: DistEnv,
-    steps_per_epoch: int,
-    tracker: Tracker,
-) -> str:
-    trainable = sum(p.numel() for p in parts.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in parts.model.parameters())
+def _describe_run(run: _Run, tracker: Tracker) -> str:
+    config, parameters = run.config, list(run.parts.model.parameters())
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    total = sum(p.numel() for p in parameters)
     lines = [
         f"[bold]{config.task}[/bold] on [bold]{config.data.dataset}[/bold]: "
         f"{config.model.preset} ({config.model.method}), {_count(trainable)} of "
         f"{_count(total)} parameters trained",
-        f"device {device} x {env.world_size}, precision {precision}, "
-        f"{steps_per_epoch} steps per epoch, checkpoints in {config.output_dir}",
+        f"device {run.device} x {run.env.world_size}, precision {run.precision}, "
+        f"{run.steps_per_epoch} steps per epoch, checkpoints in {config.output_dir}",
     ]
     if tracker.run_id is not None:
         lines.append(f"MLflow run {tracker.run_id} in {config.tracking.uri}")

@@ -367,6 +367,18 @@ def _fit(
         raise
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _SweepPlan:
+    """Where a sweep's state and runs live, settled (and checked) before Ray starts."""
+
+    base: RunConfig
+    experiment_path: str  # Ray's experiment folder, <storage>/<name>
+    record_path: Path | None  # the MLflow ids beside Ray's state; None on cloud storage
+    digest: str  # the sweep file's SHA-256, which guards a resume
+    tracking_uri: str
+    resumed: SweepRecord | None  # the runs of the sweep being resumed; None for a new sweep
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -400,20 +412,60 @@ def run_sweep(
         SweepError, SweepFileError, ConfigError, ClusterError: before any trial runs, for what
             the user can fix.
     """
+    _check_arguments(spec, address, num_cpus, num_gpus)
+    plan = _plan_sweep(
+        spec,
+        sweep_text=sweep_text,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        resume=resume,
+        source=source,
+    )
+    # Prepared once here: concurrent trials would otherwise generate the synthetic set at once.
+    get_task(plan.base.task).prepare_data(plan.base, announce=announce)
+
+    owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        check_trials_can_log(plan.tracking_uri, address)
+        record, client = _open_parent_run(spec, plan, sweep_text)
+        grid = _fit(spec, plan.base, record, client, resume, plan.experiment_path, storage, verbose)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+    return _report(spec, plan, record, client, grid)
+
+
+def _check_arguments(
+    spec: SweepSpec, address: str | None, num_cpus: int | None, num_gpus: int | None
+) -> None:
+    """Refuse arguments that contradict each other, before anything is read."""
     if spec.name is None:
         raise ValueError("the sweep needs a name; load_sweep_file() takes it from the file name")
     if address is not None and (num_cpus is not None or num_gpus is not None):
         raise SweepError("--num-cpus/--num-gpus size a local Ray; a cluster has its own resources")
+
+
+def _plan_sweep(
+    spec: SweepSpec,
+    *,
+    sweep_text: str,
+    storage: str,
+    tracking_uri: str | None,
+    resume: bool,
+    source: str,
+) -> _SweepPlan:
+    """The base run config and where the sweep lives; checks that it can start (or resume)."""
     base = resolve_base_config(spec, source)
-    metric, mode = spec.objective
     experiment_path = f"{storage.rstrip('/')}/{spec.name}"
     local_storage = "://" not in storage
     record_path = Path(experiment_path) / RECORD_FILE if local_storage else None
     digest = sweep_sha256(sweep_text)
 
+    resumed = None
     if resume:
-        record = _resume_record(experiment_path, record_path, tracking_uri, digest, source)
-        uri = record.tracking_uri
+        resumed = _resume_record(experiment_path, record_path, tracking_uri, digest, source)
+        uri = resumed.tracking_uri
     elif local_storage and Path(experiment_path).exists():
         raise SweepError(
             f"{experiment_path} already exists: pass --resume to continue that sweep, or give "
@@ -421,38 +473,52 @@ def run_sweep(
         )
     else:
         uri = normalise_tracking_uri(tracking_uri or base.tracking.uri)
-    # Prepared once here: concurrent trials would otherwise generate the synthetic set at once.
-    get_task(base.task).prepare_data(base, announce=announce)
+    return _SweepPlan(
+        base=base,
+        experiment_path=experiment_path,
+        record_path=record_path,
+        digest=digest,
+        tracking_uri=uri,
+        resumed=resumed,
+    )
 
-    owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
-    try:
-        check_trials_can_log(uri, address)
-        if resume:
-            client = MlflowClient(uri)
-            reopen_parent_run(client, record.parent_run_id)
-        else:
-            record = _new_record(
-                spec,
-                base,
-                experiment_path=experiment_path,
-                tracking_uri=uri,
-                sweep_text=sweep_text,
-                digest=digest,
-            )
-            if record_path is not None:
-                record_path.parent.mkdir(parents=True, exist_ok=True)
-                record.save(record_path)
-            client = MlflowClient(uri)
-        grid = _fit(spec, base, record, client, resume, experiment_path, storage, verbose)
-    finally:
-        if owns_ray:
-            ray.shutdown()
 
+def _open_parent_run(
+    spec: SweepSpec, plan: _SweepPlan, sweep_text: str
+) -> tuple[SweepRecord, MlflowClient]:
+    """Reopen the resumed sweep's parent run, or create it and save its record beside Ray's."""
+    if plan.resumed is not None:
+        client = MlflowClient(plan.tracking_uri)
+        reopen_parent_run(client, plan.resumed.parent_run_id)
+        return plan.resumed, client
+    record = _new_record(
+        spec,
+        plan.base,
+        experiment_path=plan.experiment_path,
+        tracking_uri=plan.tracking_uri,
+        sweep_text=sweep_text,
+        digest=plan.digest,
+    )
+    if plan.record_path is not None:
+        plan.record_path.parent.mkdir(parents=True, exist_ok=True)
+        record.save(plan.record_path)
+    return record, MlflowClient(plan.tracking_uri)
+
+
+def _report(
+    spec: SweepSpec,
+    plan: _SweepPlan,
+    record: SweepRecord,
+    client: MlflowClient,
+    grid: tune.ResultGrid,
+) -> SweepOutcome:
+    """Mark the trial runs, close the parent run with the best trial, and say how it went."""
+    metric, mode = spec.objective
     interrupted = _was_interrupted(grid, spec.total_trials())
     best = _best_outcome(grid, metric, mode)
     best_config = None
     if best is not None:
-        best_config = apply_values(base, best.params).model_dump(mode="json")
+        best_config = apply_values(plan.base, best.params).model_dump(mode="json")
     tidy_trial_runs(
         client,
         experiment_id=record.experiment_id,
@@ -468,7 +534,7 @@ def run_sweep(
     )
     return SweepOutcome(
         name=spec.name,
-        experiment_path=experiment_path,
+        experiment_path=plan.experiment_path,
         tracking_uri=record.tracking_uri,
         experiment_id=record.experiment_id,
         parent_run_id=record.parent_run_id,
