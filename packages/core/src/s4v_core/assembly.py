@@ -87,22 +87,24 @@ def log_built(what: str, model: nn.Module) -> None:
 class TrainableModule(nn.Module):
     """A task model with the checkpoint contract: it saves and loads only what trains.
 
-    Only what trains is saved: parameters and BatchNorm buffers outside the frozen parts, which
-    are rebuilt from the backbone's identity. A model names extra frozen parts by overriding
-    :meth:`frozen_prefixes`.
+    Saved are the parameters that train (``requires_grad``) and the buffers (BatchNorm
+    statistics) outside the frozen :class:`FrozenViT` towers; frozen weights, even those that
+    gradients flow through (adapter methods), are rebuilt from the backbone's identity instead.
     """
 
-    def frozen_prefixes(self) -> list[str]:
-        """State-dict key prefixes that are not saved: every :class:`FrozenViT` submodule."""
-        return [f"{name}." for name, m in self.named_modules() if isinstance(m, FrozenViT)]
-
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trained parameters and BatchNorm buffers; nothing of the frozen parts."""
-        frozen = self.frozen_prefixes()
+        """Trained parameters and buffers; nothing of the frozen weights."""
+        frozen = [f"{name}." for name, m in self.named_modules() if isinstance(m, FrozenViT)]
+        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        buffers = {
+            name
+            for name, _ in self.named_buffers()
+            if not any(name.startswith(prefix) for prefix in frozen)
+        }
         return {
             key: value
             for key, value in self.state_dict().items()
-            if not any(key.startswith(prefix) for prefix in frozen)
+            if key in trained or key in buffers
         }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:

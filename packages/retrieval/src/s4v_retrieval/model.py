@@ -111,13 +111,6 @@ class RetrievalModel(TrainableModule):
         main = [p for p in self.parameters() if p.requires_grad and id(p) not in text_ids]
         return {"main": main, "text": text} if text else {"main": main}
 
-    def frozen_prefixes(self) -> list[str]:
-        """The frozen ViT and, unless it trains, the text tower are not saved."""
-        frozen = super().frozen_prefixes()
-        if not self.text.trainable:
-            frozen.append("text.")
-        return frozen
-
 
 def build_model(
     preset: str,
