@@ -1,4 +1,4 @@
-"""Two fused layer pairs that keep less for backward than autograd would, with the same maths.
+"""Three fused operations that keep less for backward than autograd would, with the same maths.
 
 ``layer_norm_linear``  LayerNorm(D) then Linear(D -> C), the side network's per-layer tap. Autograd
                        keeps the LayerNorm's input *and* its D-wide output (~19 % of what the
@@ -16,9 +16,10 @@
                        multiply-adds on frame-shifted views, forward and backward: autograd's
                        version of the same slicing copies the whole gradient for every shifted view.
 
-Both replay the forward's autocast state (CPU and CUDA) in backward, so they give the gradients
-autograd would under mixed precision too: the matrix products run in the autocast dtype and the
-weight gradients are returned in the weights' dtype.
+The two layer pairs replay the forward's autocast state (CPU and CUDA) in backward, so they give
+the gradients autograd would under mixed precision too: the matrix products run in the autocast
+dtype and the weight gradients are returned in the weights' dtype. The temporal taps have no
+matrix product; their gradients come back in the dtypes of ``x`` and the weights.
 """
 
 from __future__ import annotations
