@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from s4v_core.backbone import create_clip
-from s4v_retrieval.loss import symmetric_infonce
 from s4v_retrieval import PRESETS, build_model, tokenizer_for
+from s4v_retrieval.loss import symmetric_infonce
 from s4v_retrieval.text import CLIPTextTower, build_tokenizer
 
 CAPTIONS = ["a red square moves left", "a blue circle moves up", "a green dot", "snow"]
