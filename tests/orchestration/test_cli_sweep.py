@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
+from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.sweep.driver import resolve_base_config
 from s4v_orchestration.sweep.spec import load_sweep_file
 
@@ -85,6 +86,10 @@ def test_every_shipped_sweep_file_resolves_against_the_run_config(path: Path) ->
         for part in key.split("."):
             node = node[part]
         assert node == value, key
+    # Every value a choice or grid names is a valid value of its field.
+    for key, dist in spec.search_space.items():
+        for value in getattr(dist, "values", ()):
+            load_run_config(spec.task, spec.dataset, overrides=[f"{key}={value}"])
 
 
 def test_retrieval_sweep_resolves_and_optimises_text_to_video_r1(tmp_path: Path) -> None:

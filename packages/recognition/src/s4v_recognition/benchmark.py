@@ -5,10 +5,13 @@ weights is measured: parameter counts, the bytes autograd keeps for backward (ea
 parameters excluded; see :class:`s4v_core.memory.SavedTensorMeter`), the median wall-clock and
 process CPU time of a step, and on CUDA the peak allocated memory.
 
-Methods: ``side4video`` (the preset), ``side4video-light`` (the preset at a narrower side width),
-``reference-layout`` (the same model computed as the reference implementation lays it out, see
-:mod:`s4v_recognition.reference_layout`: the yardstick for s4v's speed and memory on the machine at
-hand; never checkpointed, like the reference's CLIP path), ``full-finetune`` and ``linear-probe``.
+Methods: every registered recognition method (:data:`s4v_recognition.presets.METHODS`:
+``side4video`` on the preset, the baselines ``full-finetune`` and ``linear-probe`` and the paper's
+rivals), plus two variants of Side4Video: ``side4video-light`` (the preset at a narrower side
+width) and ``reference-layout`` (the same model computed as the reference implementation lays it
+out, see :mod:`s4v_recognition.reference_layout`: the yardstick for s4v's speed and memory on the
+machine at hand; never checkpointed, like the reference's CLIP path). Each method is measured as
+published: ``grad_checkpointing`` turns on the method's own checkpointing option, nothing else.
 """
 
 from __future__ import annotations
@@ -25,18 +28,28 @@ from torch import nn
 
 from s4v_core.memory import SavedTensorMeter
 from s4v_recognition.model import build_model
-from s4v_recognition.presets import get_preset
+from s4v_recognition.presets import METHODS, get_preset
 from s4v_recognition.reference_layout import ReferenceLayoutClassifier
 
 logger = logging.getLogger(__name__)
 
-BENCH_METHODS = (
+# Side4Video variants measured beside the registered methods: name -> the method they build.
+VARIANTS = {"side4video-light": "side4video", "reference-layout": "side4video"}
+# What `s4v bench memory` measures unless told otherwise (the paper's Table 2 comparison).
+DEFAULT_METHODS = (
     "side4video",
     "side4video-light",
     "reference-layout",
     "full-finetune",
     "linear-probe",
 )
+
+
+def bench_methods() -> tuple[str, ...]:
+    """Every method the benchmark can measure: the registered ones and the Side4Video variants."""
+    return (*METHODS, *VARIANTS)
+
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -45,7 +58,7 @@ class MemoryBenchConfig:
     """What to measure; the defaults are the issue's CPU reference setting (spec section 7)."""
 
     preset: str = "side4video-b16"  # backbone and side width of the "side4video" method
-    methods: tuple[str, ...] = BENCH_METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     light_side_dim: int = 128  # side width of "side4video-light" (paper Table 2 light B/16)
     num_frames: int = 8
     batch_size: int = 2  # videos per step
@@ -57,9 +70,10 @@ class MemoryBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in BENCH_METHODS]
+        known = bench_methods()
+        unknown = [m for m in self.methods if m not in known]
         if unknown or not self.methods:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(BENCH_METHODS)}")
+            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(known)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.repeats < 1 or self.batch_size < 1 or self.num_frames < 1:
@@ -106,7 +120,7 @@ def _build(config: MemoryBenchConfig, method: str) -> tuple[nn.Module, int | Non
     model = build_model(
         config.preset,
         config.num_classes,
-        method=method if method in ("full-finetune", "linear-probe") else "side4video",
+        method=VARIANTS.get(method, method),
         num_frames=config.num_frames,
         side_dim=side_dim,
         grad_checkpointing=config.grad_checkpointing and method != "reference-layout",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from s4v_core.assembly import count_on_meta, lookup
+from s4v_core.methods import aim, dist, evl, st_adapter
 from s4v_recognition import encoders
 
 
@@ -102,6 +103,24 @@ METHODS: dict[str, RecognitionMethod] = {
     ),
     "full-finetune": RecognitionMethod(
         build=encoders.full_finetune, trains="the whole CLIP ViT + head, time-averaged"
+    ),
+    # The paper's rivals (spec 5.1), each in its own s4v_core.methods module.
+    "st-adapter": RecognitionMethod(
+        build=st_adapter.build,
+        trains="depth-wise 3D-conv adapters in every frozen block + head (backprop through ViT)",
+    ),
+    "aim": RecognitionMethod(
+        build=aim.build,
+        trains="spatial, temporal and joint adapters in every frozen block + head (backprop "
+        "through ViT)",
+    ),
+    "evl": RecognitionMethod(
+        build=evl.build,
+        trains="temporal modules + query decoder over every frozen layer's tokens, + head",
+    ),
+    "dist": RecognitionMethod(
+        build=dist.build,
+        trains="temporal encoder + integration branches + pooling over a frozen CLIP, + head",
     ),
 }
 
