@@ -11,7 +11,7 @@ import platform
 import statistics
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from s4v_orchestration.paths import default_cache_dir
+
+if TYPE_CHECKING:
+    from s4v_recognition.benchmark import MemoryBenchConfig, MethodResult
 
 bench_app = typer.Typer(help="Measure speed and memory.", no_args_is_help=True)
 console = Console()
@@ -147,15 +150,58 @@ def memory(
 
     For each method one training step (forward, cross-entropy, backward) with random weights: total and trainable parameters, the bytes autograd saves for backward (each storage once, parameters excluded), the median forward+backward time and, on CUDA, the peak allocated memory. Prints a table and writes JSON and a PNG bar chart into --out.
     """
+    config = _memory_config(
+        preset=preset,
+        methods=methods,
+        light_side_dim=light_side_dim,
+        frames=frames,
+        batch=batch,
+        num_classes=num_classes,
+        precision=precision,
+        checkpointing=checkpointing,
+        repeats=repeats,
+        threads=threads,
+        device=device,
+    )
+    results = _measure_memory(config)
+    settings = _memory_settings(config)
+    title = _memory_title(config, settings)
+    # Piped output is not squeezed to rich's default 80 columns.
+    wide = console if sys.stdout.isatty() else Console(width=120)
+    wide.print(_memory_table(title, results))
+    comparison = _against_reference(results)
+    if comparison:
+        _print_comparison(wide, comparison)
+    json_path, png_path = _write_memory_report(out, config, settings, results, comparison, title)
+    wide.print(f"wrote {json_path} and {png_path}", highlight=False, soft_wrap=True)
+
+
+def _memory_config(
+    *,
+    preset: str,
+    methods: str,
+    light_side_dim: int,
+    frames: int,
+    batch: int,
+    num_classes: int,
+    precision: str,
+    checkpointing: bool,
+    repeats: int,
+    threads: int | None,
+    device: str | None,
+) -> MemoryBenchConfig:
+    """The validated measurement plan of ``s4v bench memory`` (exit 2 on a bad option).
+
+    Also sets torch's CPU threads; the device defaults to cuda when available.
+    """
     import torch
 
-    from s4v_recognition.benchmark import MemoryBenchConfig, run_memory_bench
+    from s4v_recognition.benchmark import MemoryBenchConfig
 
     if threads is not None:
         torch.set_num_threads(threads)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        config = MemoryBenchConfig(
+        return MemoryBenchConfig(
             preset=preset,
             methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
             light_side_dim=light_side_dim,
@@ -165,31 +211,53 @@ def memory(
             precision=precision,
             grad_checkpointing=checkpointing,
             repeats=repeats,
-            device=device,
+            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         )
     except ValueError as error:
         err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
         raise typer.Exit(2) from None
 
+
+def _measure_memory(config: MemoryBenchConfig) -> list[MethodResult]:
+    """Run the benchmark under a progress bar: one warm-up and the timed steps per method."""
+    from s4v_recognition.benchmark import run_memory_bench
+
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("measuring", total=len(config.methods) * (config.repeats + 1))
-        results = run_memory_bench(config, on_step=lambda: progress.advance(task))
+        return run_memory_bench(config, on_step=lambda: progress.advance(task))
 
-    settings = {
+
+def _memory_settings(config: MemoryBenchConfig) -> dict:
+    """The plan plus the machine it ran on: threads, device name, torch version."""
+    import torch
+
+    return {
         **{k: getattr(config, k) for k in config.__slots__},
         "threads": torch.get_num_threads(),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.startswith("cuda")
+        "device_name": torch.cuda.get_device_name(config.device)
+        if config.device.startswith("cuda")
         else platform.processor() or platform.machine(),
         "torch": torch.__version__,
     }
-    table = Table(
-        title=(
-            f"{preset}: {batch} videos x {frames} frames, {precision}, "
-            f"{'side-block checkpointing, ' if checkpointing else ''}{settings['threads']} threads, "
-            f"median of {repeats}"
-        )
+
+
+def _on_cuda(results: list[MethodResult]) -> bool:
+    return any(r.cuda_peak_bytes is not None for r in results)
+
+
+def _memory_title(config: MemoryBenchConfig, settings: dict) -> str:
+    """The title of the table and the chart: what one step is and how it was timed."""
+    return (
+        f"{config.preset}: {config.batch_size} videos x {config.num_frames} frames, "
+        f"{config.precision}, "
+        f"{'side-block checkpointing, ' if config.grad_checkpointing else ''}"
+        f"{settings['threads']} threads, median of {config.repeats}"
     )
+
+
+def _memory_table(title: str, results: list[MethodResult]) -> Table:
+    """One row per method: parameters, bytes saved for backward, step times (and CUDA peak)."""
+    table = Table(title=title)
     for column in (
         "method",
         "C",
@@ -200,7 +268,7 @@ def memory(
         "CPU time",
     ):
         table.add_column(column, justify="left" if column == "method" else "right")
-    cuda = any(r.cuda_peak_bytes is not None for r in results)
+    cuda = _on_cuda(results)
     if cuda:
         table.add_column("CUDA peak", justify="right")
     for r in results:
@@ -216,26 +284,38 @@ def memory(
         if cuda:
             row.append(f"{(r.cuda_peak_bytes or 0) / 2**30:.2f} GiB")
         table.add_row(*row)
-    # Piped output is not squeezed to rich's default 80 columns.
-    wide = console if sys.stdout.isatty() else Console(width=120)
-    wide.print(table)
+    return table
 
-    comparison = _against_reference(results)
-    if comparison:
-        verdict = (
-            "[green]meets[/green]"
-            if comparison["time_ratio"] <= TIME_OVER_REFERENCE
-            else "[red]misses[/red]"
-        )
-        wide.print(
-            f"side4video / reference-layout: fwd+bwd {comparison['time_ratio']:.2f}x "
-            f"({verdict} the target <= {TIME_OVER_REFERENCE:g}x), saved for backward "
-            f"{comparison['saved_ratio']:.2f}x; timings on a shared CPU are noisy",
-            highlight=False,
-        )
 
+def _print_comparison(wide: Console, comparison: dict) -> None:
+    """side4video against the reference layout, with the verdict on the speed target."""
+    verdict = (
+        "[green]meets[/green]"
+        if comparison["time_ratio"] <= TIME_OVER_REFERENCE
+        else "[red]misses[/red]"
+    )
+    wide.print(
+        f"side4video / reference-layout: fwd+bwd {comparison['time_ratio']:.2f}x "
+        f"({verdict} the target <= {TIME_OVER_REFERENCE:g}x), saved for backward "
+        f"{comparison['saved_ratio']:.2f}x; timings on a shared CPU are noisy",
+        highlight=False,
+    )
+
+
+def _write_memory_report(
+    out: Path,
+    config: MemoryBenchConfig,
+    settings: dict,
+    results: list[MethodResult],
+    comparison: dict | None,
+    title: str,
+) -> tuple[Path, Path]:
+    """The JSON results and the PNG chart in ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"memory-{preset}-{precision}-b{batch}x{frames}{'-ckpt' if checkpointing else ''}"
+    stem = (
+        f"memory-{config.preset}-{config.precision}-b{config.batch_size}x{config.num_frames}"
+        f"{'-ckpt' if config.grad_checkpointing else ''}"
+    )
     json_path = out / f"{stem}.json"
     json_path.write_text(
         json.dumps(
@@ -248,8 +328,8 @@ def memory(
         )
     )
     png_path = out / f"{stem}.png"
-    _plot(results, png_path, table.title, cuda)
-    wide.print(f"wrote {json_path} and {png_path}", highlight=False, soft_wrap=True)
+    _plot(results, png_path, title, _on_cuda(results))
+    return json_path, png_path
 
 
 def _against_reference(results: list) -> dict | None:

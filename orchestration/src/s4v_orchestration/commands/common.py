@@ -1,19 +1,23 @@
-"""Pieces shared by the command modules: logging, error reporting, SIGTERM, the summary table."""
+"""Pieces shared by the command modules: logging, error reporting, SIGTERM, shortcut options and
+the summary table with its metric rows."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from s4v_orchestration.overrides import Shortcut
 
 console = Console()
 err_console = Console(stderr=True)
@@ -77,6 +81,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def given(shortcuts: Sequence[Shortcut]) -> list[Shortcut]:
+    """The (config path, value, option) shortcuts whose option the user passed (value not None)."""
+    return [(path, value, option) for path, value, option in shortcuts if value is not None]
+
+
+def view_shortcuts(views: str | None) -> list[Shortcut]:
+    """``--views CROPSxCLIPS`` as the shortcuts for ``eval.test_crops/clips`` (none without it)."""
+    from s4v_orchestration.config import parse_views
+
+    if views is None:
+        return []
+    with user_errors():
+        crops, clips = parse_views(views)
+    return [("eval.test_crops", crops, "--views"), ("eval.test_clips", clips, "--views")]
+
+
+def print_summary(
+    title: str, rows: list[tuple[str, str]], run_id: str | None, tracking_uri: str | None
+) -> None:
+    """The summary table and, for a run recorded in MLflow, how to open the MLflow UI."""
+    from s4v_orchestration.tracking import ui_command
+
+    console.print(summary_table(title, rows))
+    if run_id is not None:
+        # On its own line, never wrapped, so that it can be copied.
+        console.print(f"open the MLflow UI: {ui_command(tracking_uri)}", soft_wrap=True)
+
+
 def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -89,3 +121,38 @@ def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
 def percent(metrics: dict[str, float], key: str) -> str | None:
     value = metrics.get(key)
     return None if value is None else f"{value:.2f} %"
+
+
+def recognition_rows(
+    metrics: dict[str, float], *, prefix: str, label: str = "", views: str = ""
+) -> list[tuple[str, str]]:
+    """Summary rows for top-1 (with ``views``), top-5, mean-class and direction-pair accuracy."""
+    names = [
+        ("top1", f"{label}top-1{views}"),
+        ("top5", f"{label}top-5"),
+        ("mean_class", f"{label}mean-class"),
+        ("pair_acc", "direction pairs"),
+    ]
+    return [
+        (name, value)
+        for key, name in names
+        if (value := percent(metrics, f"{prefix}{key}")) is not None
+    ]
+
+
+def retrieval_rows(metrics: dict[str, float], *, prefix: str) -> list[tuple[str, str]]:
+    """Summary rows for R@1/5/10 (percent), MdR and MnR in both directions, when present."""
+    rows = []
+    for direction, label in (("t2v", "text->video"), ("v2t", "video->text")):
+        keys = [f"{prefix}{direction}/R{k}" for k in (1, 5, 10)]
+        if not all(key in metrics for key in keys):
+            continue
+        recalls = " / ".join(f"{metrics[key]:.1f}" for key in keys)
+        rows.append(
+            (
+                f"{label} R@1/5/10",
+                f"{recalls} %   MdR {metrics[f'{prefix}{direction}/MdR']:.1f}   "
+                f"MnR {metrics[f'{prefix}{direction}/MnR']:.1f}",
+            )
+        )
+    return rows

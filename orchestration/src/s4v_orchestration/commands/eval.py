@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from s4v_orchestration.commands.common import (
     configure_logging,
-    console,
-    percent,
+    given,
+    print_summary,
+    recognition_rows,
+    retrieval_rows,
     sigterm_as_interrupt,
-    summary_table,
     user_errors,
+    view_shortcuts,
+)
+from s4v_orchestration.commands.options import (
+    EvalBatchSizeOption,
+    EvalDeviceOption,
+    EvalOverridesOption,
+    EvalTrackingOption,
+    EvalTrackingUriOption,
+    VerboseOption,
+    pick,
 )
 
 if TYPE_CHECKING:
+    from s4v_orchestration.evaluate import EvaluationResult
     from s4v_orchestration.overrides import Shortcut
 
 app = typer.Typer(
@@ -52,82 +66,19 @@ def recognition(
     data_root: Annotated[
         Path | None, typer.Option(help="Folder holding the prepared dataset (default: the run's).")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Videos per forward pass (eval.batch_size).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    batch_size: EvalBatchSizeOption = None,
+    device: EvalDeviceOption = None,
     output_dir: Annotated[
         Path | None,
         typer.Option(help="Report folder (default: next to the checkpoint, eval-CROPSxCLIPS)."),
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a field of the stored config (repeatable)."),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)."),
-    ] = None,
-    tracking: Annotated[
-        bool, typer.Option("--tracking/--no-tracking", help="Record the evaluation in MLflow.")
-    ] = True,
-    verbose: Annotated[bool, typer.Option(help="Log s4v's info messages.")] = False,
+    overrides: EvalOverridesOption = None,
+    tracking_uri: EvalTrackingUriOption = None,
+    tracking: EvalTrackingOption = True,
+    verbose: VerboseOption = False,
 ) -> None:
     """Top-1, top-5 and mean-class accuracy of a checkpoint, per-class CSV and confusion matrix."""
-    # Imported here so that `s4v --help` stays fast (no torch / MLflow import).
-    from s4v_orchestration.config import parse_views
-    from s4v_orchestration.evaluate import evaluate_checkpoint
-    from s4v_orchestration.tracking import ui_command
-
-    configure_logging(verbose)
-    shortcuts: list[Shortcut] = [
-        (path, value, option)
-        for path, value, option in [
-            ("data.root", data_root, "--data-root"),
-            ("eval.batch_size", batch_size, "--batch-size"),
-            ("device", device, "--device"),
-        ]
-        if value is not None
-    ]
-    # The stored config holds the training run's store; evaluate into today's default unless told.
-    shortcuts.append(("tracking.uri", tracking_uri, "--tracking-uri"))
-    shortcuts.append(("tracking.enabled", tracking, "--tracking"))
-    with user_errors(), sigterm_as_interrupt():
-        if views is not None:
-            crops, clips = parse_views(views)
-            shortcuts += [
-                ("eval.test_crops", crops, "--views"),
-                ("eval.test_clips", clips, "--views"),
-            ]
-        result = evaluate_checkpoint(
-            checkpoint,
-            dataset=dataset,
-            out_dir=output_dir,
-            overrides=overrides or [],
-            shortcuts=shortcuts,
-            progress=True,
-        )
-    metrics = result.evaluation.metrics
-    cfg = result.config
-    rows = [
-        ("checkpoint", str(checkpoint)),
-        ("dataset", f"{cfg.data.dataset} ({cfg.data.root})"),
-        ("views", f"{cfg.eval.test_crops} crops x {cfg.eval.test_clips} clips"),
-    ]
-    for key, label in [
-        ("top1", "top-1"),
-        ("top5", "top-5"),
-        ("mean_class", "mean-class"),
-        ("pair_acc", "direction pairs"),
-    ]:
-        if (value := percent(metrics, key)) is not None:
-            rows.append((label, value))
-    rows.append(("report", str(result.out_dir)))
-    if result.run_id is not None:
-        rows.append(("MLflow run", result.run_id))
-    console.print(summary_table("evaluation", rows))
-    if result.run_id is not None:
-        console.print(f"open the MLflow UI: {ui_command(cfg.tracking.uri)}", soft_wrap=True)
+    _eval_task(locals(), _recognition_rows, views=views, dataset=dataset)
 
 
 @app.command()
@@ -156,74 +107,125 @@ def retrieval(
             "into the plain numbers).",
         ),
     ] = False,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Videos per forward pass (eval.batch_size).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    batch_size: EvalBatchSizeOption = None,
+    device: EvalDeviceOption = None,
     output_dir: Annotated[
         Path | None,
         typer.Option(help="Report folder (default: next to the checkpoint, eval-<name>)."),
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a field of the stored config (repeatable)."),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)."),
-    ] = None,
-    tracking: Annotated[
-        bool, typer.Option("--tracking/--no-tracking", help="Record the evaluation in MLflow.")
-    ] = True,
-    verbose: Annotated[bool, typer.Option(help="Log s4v's info messages.")] = False,
+    overrides: EvalOverridesOption = None,
+    tracking_uri: EvalTrackingUriOption = None,
+    tracking: EvalTrackingOption = True,
+    verbose: VerboseOption = False,
 ) -> None:
     """R@1/5/10, median and mean rank of a checkpoint, both ways, with per-query rank CSVs."""
-    from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
-    from s4v_orchestration.commands.run import retrieval_rows
-    from s4v_orchestration.evaluate import evaluate_checkpoint
-    from s4v_orchestration.tracking import ui_command
-
-    configure_logging(verbose)
-    shortcuts: list[Shortcut] = [
-        (path, value, option)
-        for path, value, option in [
-            ("data.root", data_root, "--data-root"),
-            ("retrieval.media_root", media_root, "--media-root"),
-            ("eval.batch_size", batch_size, "--batch-size"),
-            ("device", device, "--device"),
-        ]
-        if value is not None
-    ]
+    extra = given([("retrieval.media_root", media_root, "--media-root")])
     if dual_softmax:
-        shortcuts.append(("retrieval.dual_softmax", True, "--dual-softmax"))
-    shortcuts.append(("tracking.uri", tracking_uri, "--tracking-uri"))
-    shortcuts.append(("tracking.enabled", tracking, "--tracking"))
+        extra.append(("retrieval.dual_softmax", True, "--dual-softmax"))
+    _eval_task(
+        locals(),
+        _retrieval_rows,
+        extra=extra,
+        require_task="retrieval",
+        default_out_dir=checkpoint.parent / f"eval-{checkpoint.stem}",
+    )
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The values of the options that every ``s4v eval <task>`` command has."""
+
+    checkpoint: Path
+    data_root: Path | None
+    batch_size: int | None
+    device: str | None
+    output_dir: Path | None
+    overrides: list[str] | None
+    tracking_uri: str | None
+    tracking: bool
+    verbose: bool
+
+    def shortcuts(self) -> list[Shortcut]:
+        """The options as (config path, value, option) shortcuts on the checkpoint's config."""
+        shortcuts = given(
+            [
+                ("data.root", self.data_root, "--data-root"),
+                ("eval.batch_size", self.batch_size, "--batch-size"),
+                ("device", self.device, "--device"),
+            ]
+        )
+        # The stored config holds the training run's store: evaluate into today's default
+        # unless told.
+        shortcuts.append(("tracking.uri", self.tracking_uri, "--tracking-uri"))
+        shortcuts.append(("tracking.enabled", self.tracking, "--tracking"))
+        return shortcuts
+
+
+def _eval_task(
+    arguments: Mapping[str, Any],
+    task_rows: Callable[[EvaluationResult], list[tuple[str, str]]],
+    *,
+    extra: Sequence[Shortcut] = (),
+    views: str | None = None,
+    dataset: str | None = None,
+    require_task: str | None = None,
+    default_out_dir: Path | None = None,
+) -> None:
+    """Evaluate the checkpoint with the task's ``extra`` shortcuts and ``--views``; print a summary.
+
+    ``arguments`` are the command's (its ``locals()``), from which the shared options are picked;
+    ``require_task``: refuse a checkpoint of another task; ``task_rows`` gives the task's lines of
+    the summary below the checkpoint and the dataset.
+    """
+    # Imported here so that `s4v --help` stays fast (no torch / MLflow import).
+    from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+    from s4v_orchestration.evaluate import evaluate_checkpoint
+
+    options = pick(EvalOptions, arguments)
+    configure_logging(options.verbose)
+    checkpoint = options.checkpoint
+    shortcuts = [*options.shortcuts(), *extra]
     with user_errors(), sigterm_as_interrupt():
-        task = load_checkpoint(checkpoint).get("task")
-        if task != "retrieval":
-            raise CheckpointError(
-                f"{checkpoint} is a {task} checkpoint; evaluate it with `s4v eval {task}`"
-            )
+        shortcuts += view_shortcuts(views)
+        if require_task is not None:
+            task = load_checkpoint(checkpoint).get("task")
+            if task != require_task:
+                raise CheckpointError(
+                    f"{checkpoint} is a {task} checkpoint; evaluate it with `s4v eval {task}`"
+                )
         result = evaluate_checkpoint(
             checkpoint,
-            out_dir=output_dir or checkpoint.parent / f"eval-{checkpoint.stem}",
-            overrides=overrides or [],
+            dataset=dataset,
+            out_dir=options.output_dir or default_out_dir,
+            overrides=options.overrides or [],
             shortcuts=shortcuts,
             progress=True,
         )
-    metrics = result.evaluation.metrics
     cfg = result.config
     rows = [
         ("checkpoint", str(checkpoint)),
         ("dataset", f"{cfg.data.dataset} ({cfg.data.root})"),
-        ("model", f"{cfg.model.preset} / {cfg.model.method}"),
-        *retrieval_rows(metrics, prefix=""),
+        *task_rows(result),
+        ("report", str(result.out_dir)),
     ]
-    dsl = retrieval_rows(metrics, prefix="dsl/")
-    rows += [(f"dual-softmax {name}", value) for name, value in dsl]
-    rows.append(("report", str(result.out_dir)))
     if result.run_id is not None:
         rows.append(("MLflow run", result.run_id))
-    console.print(summary_table("evaluation", rows))
-    if result.run_id is not None:
-        console.print(f"open the MLflow UI: {ui_command(cfg.tracking.uri)}", soft_wrap=True)
+    print_summary("evaluation", rows, result.run_id, cfg.tracking.uri)
+
+
+def _recognition_rows(result: EvaluationResult) -> list[tuple[str, str]]:
+    cfg = result.config
+    return [
+        ("views", f"{cfg.eval.test_crops} crops x {cfg.eval.test_clips} clips"),
+        *recognition_rows(result.evaluation.metrics, prefix=""),
+    ]
+
+
+def _retrieval_rows(result: EvaluationResult) -> list[tuple[str, str]]:
+    metrics, cfg = result.evaluation.metrics, result.config
+    dsl = retrieval_rows(metrics, prefix="dsl/")
+    return [
+        ("model", f"{cfg.model.preset} / {cfg.model.method}"),
+        *retrieval_rows(metrics, prefix=""),
+        *[(f"dual-softmax {name}", value) for name, value in dsl],
+    ]

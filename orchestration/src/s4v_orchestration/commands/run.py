@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from s4v_orchestration.commands.common import (
     configure_logging,
-    console,
     err_console,
+    given,
     percent,
+    print_summary,
+    recognition_rows,
+    retrieval_rows,
     sigterm_as_interrupt,
-    summary_table,
     user_errors,
+    view_shortcuts,
+)
+from s4v_orchestration.commands.options import (
+    ConfigOption,
+    DeviceOption,
+    EpochsOption,
+    PretrainedOption,
+    ResumeFromOption,
+    ResumeOption,
+    TrackingOption,
+    VerboseOption,
+    pick,
 )
 
 if TYPE_CHECKING:
@@ -26,32 +42,6 @@ app = typer.Typer(
     help="Train a model end to end: data, training, validation, test and MLflow tracking.",
     no_args_is_help=True,
 )
-
-
-# Options that mean the same in every `s4v run <task>` command.
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", help="YAML file with any run-config fields; overrides the preset."),
-]
-PretrainedOption = Annotated[
-    str | None,
-    typer.Option(
-        help="CLIP weights: an open_clip tag such as openai, a local file, or none for "
-        "random weights (model.pretrained)."
-    ),
-]
-EpochsOption = Annotated[int | None, typer.Option(help="Training epochs (solver.epochs).")]
-DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (device).")]
-TrackingOption = Annotated[
-    bool, typer.Option("--tracking/--no-tracking", help="Record the run in MLflow.")
-]
-ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="Continue from <output-dir>/last.pt after an interruption.")
-]
-ResumeFromOption = Annotated[
-    Path | None, typer.Option(help="Continue from this checkpoint instead.")
-]
-VerboseOption = Annotated[bool, typer.Option(help="Log s4v's info messages.")]
 
 
 @app.command()
@@ -113,53 +103,7 @@ def recognition(
     verbose: VerboseOption = False,
 ) -> None:
     """Train and test an action-recognition model: `s4v run recognition --dataset synthetic`."""
-    # Imported here so that `s4v --help` stays fast (no torch / MLflow import).
-    from s4v_orchestration.config import parse_views
-
-    configure_logging(verbose)
-    shortcuts = _shortcuts(
-        [
-            ("data.root", data_root, "--data-root"),
-            ("model.preset", backbone, "--backbone"),
-            ("solver.epochs", epochs, "--epochs"),
-            ("data.batch_size", batch_size, "--batch-size"),
-            ("device", device, "--device"),
-            ("output_dir", output_dir, "--output-dir"),
-            ("tracking.uri", tracking_uri, "--tracking-uri"),
-        ],
-        pretrained=pretrained,
-        tracking=tracking,
-    )
-    started = time.perf_counter()
-    with user_errors():
-        if views is not None:
-            crops, clips = parse_views(views)
-            shortcuts += [
-                ("eval.test_crops", crops, "--views"),
-                ("eval.test_clips", clips, "--views"),
-            ]
-    result = _train("recognition", dataset, config, overrides, shortcuts, resume, resume_from)
-
-    metrics = result.metrics
-    cfg = result.config
-    rows = [
-        ("dataset", f"{cfg.data.dataset} ({cfg.data.root})"),
-        ("model", f"{cfg.model.preset} / {cfg.model.method}"),
-        (
-            "best val top-1",
-            f"{percent(metrics, 'val/best_top1')} (epoch {int(metrics['best_epoch'])})",
-        ),
-    ]
-    views_text = f"{cfg.eval.test_crops}x{cfg.eval.test_clips}"
-    for key, label in [
-        ("test/top1", f"test top-1 ({views_text})"),
-        ("test/top5", "test top-5"),
-        ("test/mean_class", "test mean-class"),
-        ("test/pair_acc", "direction pairs"),
-    ]:
-        if (value := percent(metrics, key)) is not None:
-            rows.append((label, value))
-    _print_summary(result, rows, started)
+    _run_task("recognition", locals(), _recognition_rows, views=views)
 
 
 @app.command()
@@ -231,100 +175,121 @@ def retrieval(
     verbose: VerboseOption = False,
 ) -> None:
     """Train and test a text-video retrieval model: `s4v run retrieval --dataset synthetic`."""
-    configure_logging(verbose)
-    shortcuts = _shortcuts(
-        [
-            ("data.root", data_root, "--data-root"),
-            ("retrieval.media_root", media_root, "--media-root"),
-            ("model.preset", backbone, "--backbone"),
-            ("model.method", method, "--method"),
-            ("solver.epochs", epochs, "--epochs"),
-            ("data.batch_size", batch_size, "--batch-size"),
-            ("device", device, "--device"),
-            ("output_dir", output_dir, "--output-dir"),
-            ("tracking.uri", tracking_uri, "--tracking-uri"),
-        ],
-        pretrained=pretrained,
-        tracking=tracking,
+    extra = given(
+        [("retrieval.media_root", media_root, "--media-root"), ("model.method", method, "--method")]
     )
-    started = time.perf_counter()
-    result = _train("retrieval", dataset, config, overrides, shortcuts, resume, resume_from)
+    _run_task("retrieval", locals(), _retrieval_rows, extra=extra)
 
-    metrics = result.metrics
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The values of the options that every ``s4v run <task>`` command has."""
+
+    dataset: str | None
+    config: Path | None
+    overrides: list[str] | None
+    data_root: Path | None
+    backbone: str | None
+    pretrained: str | None
+    epochs: int | None
+    batch_size: int | None
+    device: str | None
+    output_dir: Path | None
+    tracking_uri: str | None
+    tracking: bool
+    resume: bool
+    resume_from: Path | None
+    verbose: bool
+
+    def shortcuts(self) -> list[Shortcut]:
+        """The shortcut options the user actually passed, as (config path, value, option) triples."""
+        shortcuts = given(
+            [
+                ("data.root", self.data_root, "--data-root"),
+                ("model.preset", self.backbone, "--backbone"),
+                ("solver.epochs", self.epochs, "--epochs"),
+                ("data.batch_size", self.batch_size, "--batch-size"),
+                ("device", self.device, "--device"),
+                ("output_dir", self.output_dir, "--output-dir"),
+                ("tracking.uri", self.tracking_uri, "--tracking-uri"),
+            ]
+        )
+        if self.pretrained is not None:
+            shortcuts.append(("model.pretrained", _none_word(self.pretrained), "--pretrained"))
+        if not self.tracking:
+            shortcuts.append(("tracking.enabled", False, "--no-tracking"))
+        return shortcuts
+
+
+def _run_task(
+    task: str,
+    arguments: Mapping[str, Any],
+    task_rows: Callable[[TrainResult], list[tuple[str, str]]],
+    *,
+    extra: Sequence[Shortcut] = (),
+    views: str | None = None,
+) -> None:
+    """Train ``task`` with the task's ``extra`` shortcuts and ``--views``, then print a summary.
+
+    ``arguments`` are the command's (its ``locals()``), from which the shared options are picked;
+    ``task_rows`` gives the task's lines of the summary below the dataset and the model.
+    """
+    options = pick(RunOptions, arguments)
+    configure_logging(options.verbose)
+    started = time.perf_counter()
+    shortcuts = [*options.shortcuts(), *extra, *view_shortcuts(views)]
+    result = _train(task, options, shortcuts)
     cfg = result.config
     rows = [
         ("dataset", f"{cfg.data.dataset} ({cfg.data.root})"),
         ("model", f"{cfg.model.preset} / {cfg.model.method}"),
+        *task_rows(result),
+        ("wall time", f"{time.perf_counter() - started:.0f} s"),
+        ("checkpoints", str(cfg.output_dir)),
+    ]
+    if result.run_id is not None:
+        rows.append(("MLflow run", f"{result.run_id} (experiment {cfg.tracking.experiment})"))
+    print_summary("run summary", rows, result.run_id, cfg.tracking.uri)
+
+
+def _recognition_rows(result: TrainResult) -> list[tuple[str, str]]:
+    metrics, cfg = result.metrics, result.config
+    views = f" ({cfg.eval.test_crops}x{cfg.eval.test_clips})"
+    return [
+        (
+            "best val top-1",
+            f"{percent(metrics, 'val/best_top1')} (epoch {int(metrics['best_epoch'])})",
+        ),
+        *recognition_rows(metrics, prefix="test/", label="test ", views=views),
+    ]
+
+
+def _retrieval_rows(result: TrainResult) -> list[tuple[str, str]]:
+    metrics = result.metrics
+    return [
         (
             "best val t2v R@1",
             f"{percent(metrics, 'val/best_t2v/R1')} (epoch {int(metrics['best_epoch'])})",
         ),
+        *retrieval_rows(metrics, prefix="test/"),
     ]
-    rows += retrieval_rows(metrics, prefix="test/")
-    _print_summary(result, rows, started)
 
 
-def retrieval_rows(metrics: dict[str, float], *, prefix: str) -> list[tuple[str, str]]:
-    """Summary rows for R@1/5/10 (percent), MdR and MnR in both directions, when present."""
-    rows = []
-    for direction, label in (("t2v", "text->video"), ("v2t", "video->text")):
-        keys = [f"{prefix}{direction}/R{k}" for k in (1, 5, 10)]
-        if not all(key in metrics for key in keys):
-            continue
-        recalls = " / ".join(f"{metrics[key]:.1f}" for key in keys)
-        rows.append(
-            (
-                f"{label} R@1/5/10",
-                f"{recalls} %   MdR {metrics[f'{prefix}{direction}/MdR']:.1f}   "
-                f"MnR {metrics[f'{prefix}{direction}/MnR']:.1f}",
-            )
-        )
-    return rows
-
-
-def _shortcuts(given: list[Shortcut], *, pretrained: str | None, tracking: bool) -> list[Shortcut]:
-    """The shortcut options the user actually passed, as (config path, value, option) triples."""
-    shortcuts = [(path, value, option) for path, value, option in given if value is not None]
-    if pretrained is not None:
-        shortcuts.append(("model.pretrained", _none_word(pretrained), "--pretrained"))
-    if not tracking:
-        shortcuts.append(("tracking.enabled", False, "--no-tracking"))
-    return shortcuts
-
-
-def _print_summary(result: TrainResult, rows: list[tuple[str, str]], started: float) -> None:
-    from s4v_orchestration.tracking import ui_command
-
-    cfg = result.config
-    rows = [*rows, ("wall time", f"{time.perf_counter() - started:.0f} s")]
-    rows.append(("checkpoints", str(cfg.output_dir)))
-    if result.run_id is not None:
-        rows.append(("MLflow run", f"{result.run_id} (experiment {cfg.tracking.experiment})"))
-    console.print(summary_table("run summary", rows))
-    if result.run_id is not None:
-        # On its own line, never wrapped, so that it can be copied.
-        console.print(f"open the MLflow UI: {ui_command(cfg.tracking.uri)}", soft_wrap=True)
-
-
-def _train(
-    task: str,
-    dataset: str | None,
-    config: Path | None,
-    overrides: list[str] | None,
-    shortcuts: list[Shortcut],
-    resume: bool,
-    resume_from: Path | None,
-) -> TrainResult:
+def _train(task: str, options: RunOptions, shortcuts: list[Shortcut]) -> TrainResult:
     """Build the config (preset, YAML, shortcuts, ``--set``) and run the training to the end."""
     from s4v_orchestration.overrides import load_run_config
     from s4v_orchestration.train import run_training
 
     with user_errors(), sigterm_as_interrupt():
         run_config = load_run_config(
-            task, dataset, config, overrides=overrides or [], shortcuts=shortcuts
+            task,
+            options.dataset,
+            options.config,
+            overrides=options.overrides or [],
+            shortcuts=shortcuts,
         ).with_defaults()
-        if resume or resume_from is not None:
-            resume_path = resume_from or Path(run_config.output_dir) / "last.pt"
+        if options.resume or options.resume_from is not None:
+            resume_path = options.resume_from or Path(run_config.output_dir) / "last.pt"
             run_config = run_config.model_copy(update={"resume": resume_path})
         try:
             return run_training(run_config, progress=True)

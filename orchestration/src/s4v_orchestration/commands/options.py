@@ -1,0 +1,67 @@
+"""The options that mean the same in several ``s4v run <task>`` / ``s4v eval <task>`` commands.
+
+Typer reads a command's options off its signature, so each task command still lists every
+parameter; an option shared by the tasks is one of the ``Annotated`` aliases below, declared (and
+its help written) once. A command then hands the shared values on in one piece: :func:`pick`
+gathers them from its arguments into the command group's dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+# All task commands.
+VerboseOption = Annotated[bool, typer.Option(help="Log s4v's info messages.")]
+
+# `s4v run <task>`.
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML file with any run-config fields; overrides the preset."),
+]
+PretrainedOption = Annotated[
+    str | None,
+    typer.Option(
+        help="CLIP weights: an open_clip tag such as openai, a local file, or none for "
+        "random weights (model.pretrained)."
+    ),
+]
+EpochsOption = Annotated[int | None, typer.Option(help="Training epochs (solver.epochs).")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (device).")]
+TrackingOption = Annotated[
+    bool, typer.Option("--tracking/--no-tracking", help="Record the run in MLflow.")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Continue from <output-dir>/last.pt after an interruption.")
+]
+ResumeFromOption = Annotated[
+    Path | None, typer.Option(help="Continue from this checkpoint instead.")
+]
+
+# `s4v eval <task>`.
+EvalBatchSizeOption = Annotated[
+    int | None, typer.Option(help="Videos per forward pass (eval.batch_size).")
+]
+EvalDeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+EvalOverridesOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a field of the stored config (repeatable)."),
+]
+EvalTrackingUriOption = Annotated[
+    str | None,
+    typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)."),
+]
+EvalTrackingOption = Annotated[
+    bool, typer.Option("--tracking/--no-tracking", help="Record the evaluation in MLflow.")
+]
+
+
+def pick(cls: type[T], arguments: Mapping[str, Any]) -> T:
+    """The dataclass ``cls`` filled from a command's arguments (``locals()``) by field name."""
+    return cls(**{field.name: arguments[field.name] for field in fields(cls)})
