@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from s4v_orchestration.commands.options import dataset_names
 from s4v_orchestration.paths import default_cache_dir
 
 data_app = typer.Typer(
@@ -191,7 +192,7 @@ def check(
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset preset (ssv1, ssv2, k400, synthetic) for frame names/classes."),
+        typer.Option(help=f"Dataset ({dataset_names('recognition')}) for frame names and classes."),
     ] = None,
     frame_template: Annotated[
         str | None,

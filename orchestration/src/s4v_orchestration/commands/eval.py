@@ -26,6 +26,7 @@ from s4v_orchestration.commands.options import (
     EvalTrackingOption,
     EvalTrackingUriOption,
     VerboseOption,
+    dataset_names,
     pick,
 )
 
@@ -52,7 +53,7 @@ def recognition(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="Dataset preset to test on (synthetic, ssv1, ssv2, k400); required for a "
+            help=f"Dataset preset to test on ({dataset_names('recognition')}); required for a "
             "converted release, default: the one the run trained on."
         ),
     ] = None,

@@ -17,6 +17,15 @@ import typer
 
 T = TypeVar("T")
 
+
+def dataset_names(task: str) -> str:
+    """The task's dataset names for help texts, from the one registry that defines them."""
+    from s4v_data.specs import TASK_DATASETS  # light: no torch
+
+    names = list(TASK_DATASETS[task])
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
 # All task commands.
 VerboseOption = Annotated[bool, typer.Option(help="Log s4v's info messages.")]
 

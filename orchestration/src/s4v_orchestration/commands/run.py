@@ -31,6 +31,7 @@ from s4v_orchestration.commands.options import (
     ResumeOption,
     TrackingOption,
     VerboseOption,
+    dataset_names,
     pick,
 )
 
@@ -49,7 +50,7 @@ def recognition(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="Dataset preset with its reference recipe: synthetic, ssv1, ssv2 or k400. "
+            help=f"Dataset preset with its reference recipe: {dataset_names('recognition')}. "
             "synthetic is generated on first use and trains on the CPU in minutes."
         ),
     ] = None,
@@ -58,8 +59,8 @@ def recognition(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Override one field, e.g. --set solver.lr=3e-4 or --set model.method=linear-probe "
-            "(repeatable; applied last).",
+            help="Override one field, e.g. --set solver.lr=3e-4 or --set model.method=st-adapter "
+            "(repeatable; applied last; `s4v models` lists the methods).",
         ),
     ] = None,
     data_root: Annotated[
@@ -68,8 +69,8 @@ def recognition(
     backbone: Annotated[
         str | None,
         typer.Option(
-            help="Model preset (frozen CLIP backbone + side network): tiny, side4video-b32, "
-            "side4video-b16, side4video-b16-light, side4video-l14 (model.preset)."
+            help="Model preset (frozen CLIP backbone + side network), e.g. tiny or "
+            "side4video-b16; `s4v models` lists them all (model.preset)."
         ),
     ] = None,
     pretrained: PretrainedOption = None,
@@ -111,7 +112,7 @@ def retrieval(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="Dataset preset with its reference recipe: synthetic, msrvtt, msvd or vatex. "
+            help=f"Dataset preset with its reference recipe: {dataset_names('retrieval')}. "
             "synthetic (captioned) is generated on first use and trains on the CPU in minutes."
         ),
     ] = None,
@@ -138,8 +139,8 @@ def retrieval(
     backbone: Annotated[
         str | None,
         typer.Option(
-            help="Model preset (frozen CLIP + side network): tiny, side4video-b32 or "
-            "side4video-b16 (model.preset)."
+            help="Model preset (frozen CLIP + side network), e.g. tiny or side4video-b16; "
+            "`s4v models` lists them all (model.preset)."
         ),
     ] = None,
     method: Annotated[
