@@ -15,18 +15,29 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
+def _methods_table(task: str, methods: dict) -> Table:
+    table = Table(title=f"{task} methods (--set model.method=...)")
+    table.add_column("method", no_wrap=True)
+    table.add_column("what trains")
+    for name, method in methods.items():
+        table.add_row(name, method.trains)
+    return table
+
+
 def _recognition_tables(num_classes: int) -> list[Table]:
     from s4v_core.assembly import image_tower_parameters
     from s4v_recognition import METHODS, PRESETS, count_parameters
 
-    presets = Table(
-        title=f"Recognition presets: image tower size, trainable parameters per method "
-        f"({num_classes}-way head)"
-    )
+    presets = Table(title="Recognition presets")
     for column in ("preset", "backbone", "weights"):
         presets.add_column(column, no_wrap=True)
-    for column in ("frames", "side width", "image tower", *METHODS):
+    for column in ("frames", "side width", "image tower"):
         presets.add_column(column, justify="right")
+    # One column per method would not fit a terminal: the counts get their own table.
+    counts = Table(title=f"Recognition trainable parameters per method ({num_classes}-way head)")
+    counts.add_column("preset", no_wrap=True)
+    for method in METHODS:
+        counts.add_column(method, justify="right", no_wrap=True)
     for name, preset in PRESETS.items():
         presets.add_row(
             name,
@@ -35,14 +46,12 @@ def _recognition_tables(num_classes: int) -> list[Table]:
             str(preset.num_frames),
             str(preset.side_dim),
             f"{image_tower_parameters(preset.backbone):,}",
+        )
+        counts.add_row(
+            name,
             *(f"{count_parameters(name, num_classes, method)[0]:,}" for method in METHODS),
         )
-    methods = Table(title="Recognition methods (--set model.method=...)")
-    methods.add_column("method", no_wrap=True)
-    methods.add_column("what trains")
-    for name, method in METHODS.items():
-        methods.add_row(name, method.trains)
-    return [presets, methods]
+    return [presets, counts, _methods_table("Recognition", METHODS)]
 
 
 def _retrieval_tables() -> list[Table]:
@@ -65,12 +74,7 @@ def _retrieval_tables() -> list[Table]:
             str(preset.side_dim),
             *(f"{count_parameters(name, method)[0]:,}" for method in METHODS),
         )
-    methods = Table(title="Retrieval methods (--set model.method=...)")
-    methods.add_column("method", no_wrap=True)
-    methods.add_column("what trains")
-    for name, method in METHODS.items():
-        methods.add_row(name, method.trains)
-    return [presets, methods]
+    return [presets, _methods_table("Retrieval", METHODS)]
 
 
 def models(

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import open_clip
 import torch
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import nn
+
+if TYPE_CHECKING:
+    from s4v_core.backbone_eva import FrozenEVA
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,14 @@ _NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_ma
 
 
 def register_model_configs() -> None:
-    """Make the model configs shipped with s4v (``s4v-tiny``) known to open_clip. Idempotent."""
-    if TINY_MODEL in open_clip.list_models():
+    """Make the model configs shipped with s4v (``s4v-tiny``, ``s4v-tiny-eva``) known to open_clip.
+
+    Also registers the timm trunk that ``s4v-tiny-eva`` names. Idempotent.
+    """
+    from s4v_core.backbone_eva import register_tiny_eva  # backbone_eva builds on this module
+
+    register_tiny_eva()
+    if TINY_MODEL in open_clip.list_models():  # both configs are in one folder, added together
         return
     with resources.as_file(resources.files("s4v_core") / "model_configs") as config_dir:
         open_clip.add_model_config(Path(config_dir))
@@ -183,6 +193,15 @@ def _release_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     }
 
 
+def _projection_keys(visual: nn.Module) -> tuple[str, ...]:
+    """Keys of an image tower's state dict that only its CLIP projection reads."""
+    from s4v_core.backbone_eva import eva_head_keys, is_eva_tower
+
+    if is_eva_tower(visual):
+        return eva_head_keys(visual)
+    return ("ln_post.weight", "ln_post.bias", "proj")
+
+
 def create_clip(
     name: str, pretrained: str | None = None, *, need_projection: bool = True
 ) -> tuple[open_clip.CLIP, dict]:
@@ -212,7 +231,7 @@ def create_clip(
             state = _release_backbone(state)
         if all(key.startswith("visual.") for key in state):
             visual_state = {key.removeprefix("visual."): value for key, value in state.items()}
-            head = () if need_projection else ("ln_post.weight", "ln_post.bias", "proj")
+            head = () if need_projection else _projection_keys(model.visual)
             load_weights_strict(model.visual, visual_state, str(pretrained), may_miss=head)
         else:
             load_weights_strict(model, state, str(pretrained))
@@ -234,7 +253,7 @@ def create_clip(
     return model.eval(), identity
 
 
-def _is_plain_block(block: nn.Module) -> bool:
+def is_plain_block(block: nn.Module) -> bool:
     """Whether ``block`` is open_clip's pre-LN block with nothing :func:`_frozen_block` leaves out.
 
     Layer scale, a cross-attention norm, extra attention biases or a changed MLP send a block down
@@ -320,7 +339,7 @@ class FrozenViT(nn.Module):
         self.positional_embedding = visual.positional_embedding
         self.ln_pre = visual.ln_pre
         self.blocks = visual.transformer.resblocks
-        self._plain = [_is_plain_block(block) for block in self.blocks]
+        self._plain = [is_plain_block(block) for block in self.blocks]
         if not visual.transformer.batch_first:
             raise ValueError("FrozenViT expects an open_clip ViT built with batch_first=True")
         self.ln_post = visual.ln_post if with_projection else None
@@ -398,8 +417,31 @@ class FrozenViT(nn.Module):
 
 
 def build_backbone(
-    name: str, pretrained: str | None = None, *, with_projection: bool = False
-) -> FrozenViT:
-    """A frozen CLIP ViT: open_clip ``name`` with weights from ``pretrained`` (tag, file or None)."""
+    name: str,
+    pretrained: str | None = None,
+    *,
+    with_projection: bool = False,
+    weights_dtype: torch.dtype | None = None,
+) -> FrozenViT | FrozenEVA:
+    """A frozen CLIP image tower: open_clip ``name`` with weights from ``pretrained``.
+
+    Args:
+        name: open_clip model name.
+        pretrained: an open_clip pretrained tag, a local weights file, or None (random).
+        with_projection: keep the tower's ``ln_post`` and ``proj`` (for ``encode_image``).
+        weights_dtype: cast the frozen weights once to this dtype (``torch.bfloat16``); None keeps
+            fp32. Images are cast to it and tokens come back in it.
+
+    Returns:
+        A :class:`~s4v_core.backbone_eva.FrozenEVA` for an image tower around timm's ``Eva``
+        (open_clip ``EVA02-*``), a :class:`FrozenViT` otherwise.
+    """
+    from s4v_core.backbone_eva import FrozenEVA, is_eva_tower  # backbone_eva builds on this module
+
     clip, identity = create_clip(name, pretrained, need_projection=with_projection)
-    return FrozenViT(clip.visual, identity, with_projection=with_projection)
+    if is_eva_tower(clip.visual):
+        return FrozenEVA(
+            clip.visual, identity, with_projection=with_projection, weights_dtype=weights_dtype
+        )
+    backbone = FrozenViT(clip.visual, identity, with_projection=with_projection)
+    return backbone if weights_dtype is None else backbone.to(weights_dtype)

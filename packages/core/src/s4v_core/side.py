@@ -25,7 +25,7 @@ projections, ``C**-0.5 * 24**-0.5`` (the reference hard-codes 2 x 12 layers what
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -292,7 +292,61 @@ def run_side_layers(
     return x
 
 
-class SideNetwork(nn.Module):
+class SideTrunk(nn.Module):
+    """The parts every side network variant has, built in one order (so seeded inits agree).
+
+    A 3-D conv stem, a side position embedding of ``pos_rows`` rows (N(0, 0.01^2)), one tap and
+    one block per side layer and a final BatchNorm; :func:`run_side_layers` runs them.
+
+    Args:
+        config: side width, heads, which layers get blocks, checkpointing.
+        backbone_width: D, the backbone's token width.
+        num_layers: L, the backbone's depth.
+        patch_size: the backbone's patch size p (the stem uses the same patch grid).
+        num_frames: T; the temporal conv and class-token shift need to know where videos start.
+        pos_rows: rows of the side position embedding (N, or 1+N with the class token).
+        block: ``block(config, num_frames)`` makes one side block.
+        init_tap: re-initialises each tap after all taps are built (None: PyTorch's default).
+    """
+
+    def __init__(
+        self,
+        config: SideNetworkConfig,
+        *,
+        backbone_width: int,
+        num_layers: int,
+        patch_size: int,
+        num_frames: int,
+        pos_rows: int,
+        block: Callable[[SideNetworkConfig, int], nn.Module],
+        init_tap: Callable[[SideTap], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_frames = num_frames
+        self.num_layers = num_layers
+        self.side_layers = config.layers(num_layers)
+        self.grad_checkpointing = config.grad_checkpointing
+        c = config.side_dim
+        self.stem = SideStem(c, patch_size)
+        self.pos_embed = nn.Parameter(torch.empty(pos_rows, c))
+        nn.init.normal_(self.pos_embed, std=0.01)
+        self.taps = nn.ModuleList(SideTap(backbone_width, c) for _ in self.side_layers)
+        if init_tap is not None:
+            for tap in self.taps:
+                init_tap(tap)
+        self.blocks = nn.ModuleList(block(config, num_frames) for _ in self.side_layers)
+        self.post_norm = TokenBatchNorm(c)
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.side_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+
+class SideNetwork(SideTrunk):
     """The side network: pixels and per-layer backbone tokens -> one C-dim feature per video.
 
     Args:
@@ -314,26 +368,15 @@ class SideNetwork(nn.Module):
         grid: tuple[int, int],
         num_frames: int,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.num_frames = num_frames
-        self.num_layers = num_layers
-        self.side_layers = config.layers(num_layers)
-        self.grad_checkpointing = config.grad_checkpointing
-        c = config.side_dim
-        self.stem = SideStem(c, patch_size)
-        self.pos_embed = nn.Parameter(torch.empty(grid[0] * grid[1], c))
-        nn.init.normal_(self.pos_embed, std=0.01)
-        self.taps = nn.ModuleList(SideTap(backbone_width, c) for _ in self.side_layers)
-        self.blocks = nn.ModuleList(SideBlock(config, num_frames) for _ in self.side_layers)
-        self.post_norm = TokenBatchNorm(c)
-
-    @property
-    def out_dim(self) -> int:
-        return self.config.side_dim
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        super().__init__(
+            config,
+            backbone_width=backbone_width,
+            num_layers=num_layers,
+            patch_size=patch_size,
+            num_frames=num_frames,
+            pos_rows=grid[0] * grid[1],
+            block=SideBlock,
+        )
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Video features.

@@ -33,10 +33,8 @@ from s4v_core.backbone import FrozenViT
 from s4v_core.side import (
     SideMlp,
     SideNetworkConfig,
-    SideStem,
-    SideTap,
+    SideTrunk,
     TemporalConv,
-    TokenBatchNorm,
     run_side_layers,
     shift_class_tokens,
 )
@@ -97,7 +95,7 @@ class RetrievalSideBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class RetrievalSideNetwork(nn.Module):
+class RetrievalSideNetwork(SideTrunk):
     """Pixels and per-layer backbone tokens -> one C-dim side feature per frame ``(B, T, C)``.
 
     Args are those of :class:`s4v_core.side.SideNetwork`.
@@ -113,29 +111,16 @@ class RetrievalSideNetwork(nn.Module):
         grid: tuple[int, int],
         num_frames: int,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.num_frames = num_frames
-        self.side_layers = config.layers(num_layers)
-        self.grad_checkpointing = config.grad_checkpointing
-        c = config.side_dim
-        self.stem = SideStem(c, patch_size)
-        self.pos_embed = nn.Parameter(torch.empty(1 + grid[0] * grid[1], c))
-        nn.init.normal_(self.pos_embed, std=0.01)
-        self.taps = nn.ModuleList(SideTap(backbone_width, c) for _ in self.side_layers)
-        for tap in self.taps:
-            _bert_init(tap.proj)
-        self.blocks = nn.ModuleList(
-            RetrievalSideBlock(config, num_frames) for _ in self.side_layers
+        super().__init__(
+            config,
+            backbone_width=backbone_width,
+            num_layers=num_layers,
+            patch_size=patch_size,
+            num_frames=num_frames,
+            pos_rows=1 + grid[0] * grid[1],  # the class token has a row too
+            block=RetrievalSideBlock,
+            init_tap=lambda tap: _bert_init(tap.proj),
         )
-        self.post_norm = TokenBatchNorm(c)
-
-    @property
-    def out_dim(self) -> int:
-        return self.config.side_dim
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Per-frame side features.

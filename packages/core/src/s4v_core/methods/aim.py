@@ -75,7 +75,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from s4v_core.assembly import check_image_size
-from s4v_core.backbone import create_clip
+from s4v_core.backbone import create_clip, is_plain_block
 from s4v_core.recompute import recompute
 
 
@@ -133,20 +133,8 @@ class Adapter(nn.Module):
 
 def _check_block(block: nn.Module) -> None:
     """Refuse blocks whose maths the AIM block below would not reproduce."""
-    attn = getattr(block, "attn", None)
-    plain = (
-        isinstance(block, ResidualAttentionBlock)
-        and not hasattr(block, "ln_1_kv")
-        and isinstance(block.ls_1, nn.Identity)
-        and isinstance(block.ls_2, nn.Identity)
-        and isinstance(attn, nn.MultiheadAttention)
-        and attn.batch_first
-        and attn._qkv_same_embed_dim
-        and attn.in_proj_bias is not None
-        and attn.bias_k is None
-        and not attn.add_zero_attn
-        and attn.dropout == 0.0
-    )
+    # open_clip's plain block, and no attention dropout (the block below has none).
+    plain = is_plain_block(block) and block.attn.dropout == 0.0
     if not plain:
         raise ValueError(
             "AIM needs open_clip's plain pre-LN ViT blocks (batch-first packed-qkv attention with "
