@@ -131,7 +131,9 @@ def memory(
     ] = "fp32",
     checkpointing: Annotated[
         bool,
-        typer.Option(help="Recompute side blocks (all ViT blocks for full-finetune) in backward."),
+        typer.Option(
+            help="Each method's own activation recomputation: side blocks (side4video), adapted blocks (st-adapter, aim), decoder or temporal blocks (evl, dist), all ViT blocks (full-finetune)."
+        ),
     ] = False,
     repeats: Annotated[
         int,
