@@ -132,7 +132,9 @@ def memory(
     checkpointing: Annotated[
         bool,
         typer.Option(
-            help="Each method's own activation recomputation: side blocks (side4video), adapted blocks (st-adapter, aim), decoder or temporal blocks (evl, dist), all ViT blocks (full-finetune)."
+            help="Each method's own activation recomputation: side blocks (side4video), adapted "
+            "blocks (st-adapter, aim), decoder or temporal blocks (evl, dist), all ViT blocks "
+            "(full-finetune)."
         ),
     ] = False,
     repeats: Annotated[
