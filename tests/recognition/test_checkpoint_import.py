@@ -13,13 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from s4v_core.side import SideNetworkConfig
+from s4v_core.side_eva import EvaSideNetwork, odd_layers
 from s4v_recognition import (
     build_model,
     convert_side4video_checkpoint,
     load_converted_checkpoint,
     load_side4video_checkpoint,
 )
-from s4v_recognition.checkpoints import reference_key_map
+from s4v_recognition.checkpoints import (
+    eva_reference_key_map,
+    eva_reference_side_state,
+    load_eva_side_checkpoint,
+    reference_key_map,
+)
 
 # The tiny preset: s4v-tiny ViT (D=64, 4 layers, 2 heads, patch 8, 32 px), T=8, C=128, K=5.
 D, L, HEADS, P, SIZE, T, C, K = 64, 4, 2, 8, 32, 8, 128, 5
@@ -332,3 +339,250 @@ def test_files_that_are_not_checkpoints_are_refused_without_unpickling(tmp_path)
         load_side4video_checkpoint(arbitrary, "tiny", K)
     with pytest.raises(FileNotFoundError):
         load_side4video_checkpoint(tmp_path / "absent.pt", "tiny", K)
+
+
+# ------------------------------------------------------------------------------------------------
+# The EVA-CLIP variant (spec section 1.8). The reference's EVA side-module names are assumed as in
+# s4v_recognition.checkpoints (the spec lists no EVA keys): side modules directly under `visual.`,
+# side ModuleLists indexed by side slot {s} (odd backbone layers only), post-norm blocks with
+# conv.{0,1,2} + bn_1, attn.{q,k,v}_proj + attn.proj + ln_1, mlp.{0,2} + bn_2, no side_post_bn.
+
+EVA_SIDE_TABLE = [
+    "visual.side_conv1.{weight,bias}",
+    "visual.side_pre_bn3d.{weight,bias,running_mean,running_var,num_batches_tracked}",
+    "visual.side_spatial_position_embeddings",
+    "visual.side_linears.{s}.{weight,bias}",
+    "visual.side_lns.{s}.{weight,bias}",
+    "visual.side_transformer.{s}.conv.0.{weight,bias}",
+    "visual.side_transformer.{s}.conv.1.{weight,bias}",
+    "visual.side_transformer.{s}.conv.2.{weight,bias}",
+    "visual.side_transformer.{s}.bn_1.{weight,bias,running_mean,running_var,num_batches_tracked}",
+    "visual.side_transformer.{s}.attn.q_proj.{weight,bias}",
+    "visual.side_transformer.{s}.attn.k_proj.{weight,bias}",
+    "visual.side_transformer.{s}.attn.v_proj.{weight,bias}",
+    "visual.side_transformer.{s}.attn.proj.{weight,bias}",
+    "visual.side_transformer.{s}.ln_1.{weight,bias}",
+    "visual.side_transformer.{s}.mlp.0.{weight,bias}",
+    "visual.side_transformer.{s}.mlp.2.{weight,bias}",
+    "visual.side_transformer.{s}.bn_2.{weight,bias,running_mean,running_var,num_batches_tracked}",
+]
+EVA_LAYERS = (1, 3)  # the odd layers of the 4-layer tiny backbone
+EVA_HEADS = C // 64
+
+
+@pytest.fixture
+def _one_thread():
+    # Tensors this small gain nothing from intra-op threads (and lose much on a loaded CPU).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _eva_spec_keys(slots: int) -> set[str]:
+    keys = set()
+    for pattern in EVA_SIDE_TABLE:
+        for key in _expand(pattern, 1):
+            keys.update(key.replace("{s}", str(s)) for s in range(slots))
+    return keys
+
+
+def _eva_shape(key: str) -> tuple[int, ...]:
+    """The shape of a reference EVA side key at tiny dimensions (Conv3d weights in 5-D)."""
+    module, leaf = key.split(".")[-2:]
+    if leaf == "num_batches_tracked":
+        return ()
+    shapes = {
+        ("side_conv1", "weight"): (C, 3, 3, P, P),
+        ("visual", "side_spatial_position_embeddings"): (N, C),
+        ("0", "weight"): (4 * C, C) if ".mlp." in key else (C, C, 1, 1, 1),
+        ("0", "bias"): (4 * C,) if ".mlp." in key else (C,),
+        ("1", "weight"): (C, 1, 3, 1, 1),
+        ("2", "weight"): (C, 4 * C) if ".mlp." in key else (C, C, 1, 1, 1),
+        ("q_proj", "weight"): (C, C),
+        ("k_proj", "weight"): (C, C),
+        ("v_proj", "weight"): (C, C),
+        ("proj", "weight"): (C, C),
+    }
+    if key.startswith("visual.side_linears"):
+        return (C, D) if leaf == "weight" else (C,)
+    if key.startswith("visual.side_lns"):
+        return (C,)
+    return shapes.get((module, leaf), (C,))
+
+
+def _eva_reference_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key in sorted(_eva_spec_keys(len(EVA_LAYERS))):
+        shape = _eva_shape(key)
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(77)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=g) + 0.5
+        elif key.endswith("weight") and (".bn_" in key or ".ln_" in key or "_lns." in key):
+            state[key] = 1 + 0.2 * torch.randn(shape, generator=g)
+        else:
+            state[key] = 0.05 * torch.randn(shape, generator=g)
+    return state
+
+
+def _eva_side(seed: int = 0) -> EvaSideNetwork:
+    torch.manual_seed(seed)
+    return EvaSideNetwork(
+        SideNetworkConfig(side_dim=C, side_layers=odd_layers(L)),
+        backbone_width=D,
+        num_layers=L,
+        patch_size=P,
+        grid=(GRID, GRID),
+        num_frames=T,
+    )
+
+
+def _eva_inputs(seed: int = 7) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randn(2, T, 3, SIZE, SIZE, generator=g)
+    return frames, [torch.randn(2 * T, 1 + N, D, generator=g) for _ in range(L)]
+
+
+def _eva_reference_features(state: dict, frames: torch.Tensor, tokens: list) -> torch.Tensor:
+    """The EVA path's side network, eval mode, in the reference's sequence-first layout (spec 1.8)."""
+    b = frames.shape[0]
+    bt = b * T
+
+    def to_video(s):  # (N, B*T, C) -> (B, C, T, h, w)
+        return s.permute(1, 2, 0).reshape(b, T, C, GRID, GRID).permute(0, 2, 1, 3, 4)
+
+    def to_tokens(v):  # (B, C, T, h, w) -> (N, B*T, C)
+        return v.permute(0, 2, 1, 3, 4).reshape(bt, C, N).permute(2, 0, 1)
+
+    def linear(x, prefix):
+        return F.linear(x, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
+
+    s = F.conv3d(
+        frames.permute(0, 2, 1, 3, 4),
+        state["visual.side_conv1.weight"],
+        state["visual.side_conv1.bias"],
+        stride=(1, P, P),
+        padding=(1, 0, 0),
+    )
+    s = to_tokens(_bn(s, state, "visual.side_pre_bn3d"))  # (N, B*T, C)
+    pos = state["visual.side_spatial_position_embeddings"]
+    width = C // EVA_HEADS
+    for slot, layer in enumerate(EVA_LAYERS):
+        x = tokens[layer].permute(1, 0, 2)  # (1+N, B*T, D), sequence-first
+        y = _ln(linear(x, f"visual.side_linears.{slot}"), state, f"visual.side_lns.{slot}")
+        s = 0.5 * s + 0.5 * y[1:]
+
+        k = f"visual.side_transformer.{slot}"
+        v = to_video(s)
+        u = F.conv3d(v, state[f"{k}.conv.0.weight"], state[f"{k}.conv.0.bias"])
+        u = F.conv3d(
+            u, state[f"{k}.conv.1.weight"], state[f"{k}.conv.1.bias"], padding=(1, 0, 0), groups=C
+        )
+        u = F.conv3d(u, state[f"{k}.conv.2.weight"], state[f"{k}.conv.2.bias"])
+        s = to_tokens(v + _bn(u, state, f"{k}.bn_1"))
+
+        token = y[:1].reshape(1, b, T, C)
+        shifted = torch.zeros_like(token)
+        fold = C // 2
+        shifted[:, :, :-1, :fold] = token[:, :, 1:, :fold]
+        shifted[:, :, 1:, fold:] = token[:, :, :-1, fold:]
+        z = torch.cat([shifted.reshape(1, bt, C), s + pos[:, None, :]], dim=0)  # (1+N, B*T, C)
+        q = linear(z[1:], f"{k}.attn.q_proj").reshape(N, bt * EVA_HEADS, width).transpose(0, 1)
+        kk = linear(z, f"{k}.attn.k_proj").reshape(1 + N, bt * EVA_HEADS, width).transpose(0, 1)
+        vv = linear(z, f"{k}.attn.v_proj").reshape(1 + N, bt * EVA_HEADS, width).transpose(0, 1)
+        a = torch.softmax(q @ kk.transpose(1, 2) * width**-0.5, dim=-1) @ vv
+        a = linear(a.transpose(0, 1).reshape(N, bt, C), f"{k}.attn.proj")
+        s = s + _ln(a, state, f"{k}.ln_1")
+
+        m = linear(F.gelu(linear(s, f"{k}.mlp.0")), f"{k}.mlp.2")
+        s = s + to_tokens(_bn(to_video(m), state, f"{k}.bn_2"))
+    return to_video(s).mean(dim=(2, 3, 4))  # no side_post_bn
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_eva_mapping_covers_the_assumed_reference_layout_one_to_one() -> None:
+    side = _eva_side()
+    mapping = eva_reference_key_map(side)
+    assert set(mapping) == _eva_spec_keys(len(EVA_LAYERS))
+    assert len(set(mapping.values())) == len(mapping)
+    assert set(mapping.values()) == set(side.state_dict())
+    prefixed = eva_reference_key_map(
+        side, reference_prefix="module.visual.", prefix="encoder.side."
+    )
+    assert prefixed["module.visual.side_transformer.1.attn.proj.weight"] == (
+        "encoder.side.blocks.1.attn.out_proj.weight"
+    )
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_eva_checkpoint_in_reference_layout_reproduces_the_reference_features(
+    tmp_path, prefix: str
+) -> None:
+    state = _eva_reference_state()
+    # A release also holds the frozen EVA backbone and the head: not the side network's keys.
+    extra = {
+        "visual.blocks.0.attn.q_proj.weight": torch.zeros(D, D),
+        "fc.weight": torch.zeros(K, C),
+    }
+    path = tmp_path / "model_best.pt"
+    _write(path, {**state, **extra}, prefix=prefix)
+    side = load_eva_side_checkpoint(path, _eva_side(seed=3))
+    assert not side.training
+    frames, tokens = _eva_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            side(frames, tokens), _eva_reference_features(state, frames, tokens)
+        )
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_eva_side_state_round_trips_through_the_reference_layout(tmp_path) -> None:
+    ours = _eva_side(seed=1)
+    frames, tokens = _eva_inputs()
+    ours.train()
+    with torch.no_grad():
+        ours(frames, tokens)  # non-trivial running statistics and num_batches_tracked
+    exported = eva_reference_side_state(ours)
+    assert {k: tuple(v.shape) for k, v in exported.items()} == {
+        k: _eva_shape(k) for k in _eva_spec_keys(len(EVA_LAYERS))
+    }
+    path = tmp_path / "release.pt"
+    _write(path, exported)
+    loaded = load_eva_side_checkpoint(path, _eva_side(seed=2))
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    ours.eval()
+    with torch.no_grad():
+        expected = ours(frames, tokens)
+        torch.testing.assert_close(loaded(frames, tokens), expected, rtol=0, atol=0)
+        torch.testing.assert_close(expected, _eva_reference_features(exported, frames, tokens))
+    for key, value in eva_reference_side_state(loaded).items():
+        torch.testing.assert_close(value, exported[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.update({"visual.side_transformer.2.ln_1.weight": torch.ones(C)}),
+         r"unknown EVA side key 'visual\.side_transformer\.2\.ln_1\.weight'"),
+        (lambda s: s.pop("visual.side_lns.1.bias"), r"missing key 'visual\.side_lns\.1\.bias'"),
+        (lambda s: s.update({"visual.side_transformer.0.conv.1.weight": torch.zeros(C, 1, 5, 1, 1)}),
+         r"'visual\.side_transformer\.0\.conv\.1\.weight' has shape \(128, 1, 5, 1, 1\)"),
+        (lambda s: s.update({"visual.side_post_bn.weight": torch.ones(C)}),
+         r"unknown EVA side key 'visual\.side_post_bn\.weight'"),
+    ],
+    ids=["unknown", "missing", "wrong-shape", "clip-path-post-bn"],
+)  # fmt: skip
+def test_eva_checkpoints_that_do_not_fit_are_refused_naming_the_key(
+    tmp_path, edit, message
+) -> None:
+    state = _eva_reference_state()
+    edit(state)
+    path = tmp_path / "bad.pt"
+    _write(path, state)
+    with pytest.raises(ValueError, match=message):
+        load_eva_side_checkpoint(path, _eva_side())

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from s4v_core.backbone import file_sha256
+from s4v_core.side_eva import EvaSideNetwork
 from s4v_recognition.model import VideoClassifier, build_model
 from s4v_recognition.presets import RecognitionPreset
 
@@ -272,3 +273,152 @@ def load_converted_checkpoint(path: str | Path) -> VideoClassifier:
     model.load_state_dict(frozen, strict=False)
     model.set_backbone_identity(saved["backbone"])
     return model.eval()
+
+
+# The EVA-CLIP variant (ViT-E/14, ``Recognition/eva_clip/eva_vit_model.py``, spec section 1.8). The
+# spec describes that module's maths but does not list its state-dict keys, so these names are
+# assumptions, built from the CLIP path's names (spec section 8) and the EVA ViT's conventions:
+# * the side modules are attributes of the EVA ViT itself (it has ``blocks``, no ``transformer``
+#   child), so they sit directly under ``visual.``, with the CLIP path's attribute names
+#   (``side_conv1``, ``side_pre_bn3d``, ``side_spatial_position_embeddings``, ``side_linears``,
+#   ``side_lns``, ``side_transformer``);
+# * the side ModuleLists hold only the side layers that exist (32 for E/14), indexed 0..S-1 in
+#   layer order ("{s}"); were they indexed by backbone layer, the patterns would use "{i}";
+# * ``side_lns`` are LayerNorm(C) after ``side_linears`` (spec: Linear then LayerNorm);
+# * in a side block, ``conv`` is the CLIP path's Sequential of three Conv3d (1x1x1, depth-wise
+#   (3,1,1), 1x1x1) and ``bn_1`` the BatchNorm3d after it; ``attn`` has ``q_proj``, ``k_proj``,
+#   ``v_proj`` (with biases) and an output Linear ``proj`` (EVA's attention names), ``ln_1`` the
+#   LayerNorm after the attention; ``mlp`` is a Sequential (Linear, GELU, Linear), so its Linears
+#   are ``mlp.0`` and ``mlp.2``; ``bn_2`` is the BatchNorm3d after the MLP;
+# * there is no ``side_post_bn``.
+# Patterns are relative to the reference's ``visual.`` and to the s4v EVA side network.
+_EVA_BLOCK = "side_transformer.{s}"
+_EVA_OURS = "blocks.{s}"
+EVA_SIDE_KEYS: list[tuple[str, str]] = [
+    *[(f"side_conv1.{p}", f"stem.conv.{p}") for p in _WB],
+    *[(f"side_pre_bn3d.{p}", f"stem.norm.{p}") for p in _BN],
+    ("side_spatial_position_embeddings", "pos_embed"),
+    *[(f"side_linears.{{s}}.{p}", f"taps.{{s}}.proj.{p}") for p in _WB],
+    *[(f"side_lns.{{s}}.{p}", f"taps.{{s}}.norm.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.conv.0.{p}", f"{_EVA_OURS}.temporal.conv_in.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.conv.1.{p}", f"{_EVA_OURS}.temporal.conv_dw.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.conv.2.{p}", f"{_EVA_OURS}.temporal.conv_out.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.bn_1.{p}", f"{_EVA_OURS}.temporal.norm.{p}") for p in _BN],
+    *[
+        (f"{_EVA_BLOCK}.attn.{name}_proj.{p}", f"{_EVA_OURS}.attn.{name}_proj.{p}")
+        for name in ("q", "k", "v")
+        for p in _WB
+    ],
+    *[(f"{_EVA_BLOCK}.attn.proj.{p}", f"{_EVA_OURS}.attn.out_proj.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.ln_1.{p}", f"{_EVA_OURS}.attn.norm.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.mlp.0.{p}", f"{_EVA_OURS}.mlp.fc1.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.mlp.2.{p}", f"{_EVA_OURS}.mlp.fc2.{p}") for p in _WB],
+    *[(f"{_EVA_BLOCK}.bn_2.{p}", f"{_EVA_OURS}.mlp.norm.{p}") for p in _BN],
+]
+_EVA_REFERENCE_PREFIX = "visual."
+
+
+def eva_reference_key_map(
+    side: EvaSideNetwork, *, reference_prefix: str = _EVA_REFERENCE_PREFIX, prefix: str = ""
+) -> dict[str, str]:
+    """Every reference EVA side-network key for ``side``'s side layers -> ``side``'s own key.
+
+    Args:
+        side: the s4v EVA side network (its ``side_layers`` fix the per-layer keys).
+        reference_prefix: what precedes the side keys in the reference file (its ``visual.``).
+        prefix: what precedes ``side``'s keys in the target state dict (e.g. ``encoder.side.``).
+    """
+    mapping = {}
+    for reference, ours in EVA_SIDE_KEYS:
+        per_layer = "{s}" in ours  # then "{s}" (slot) or "{i}" (backbone layer) in the reference
+        for slot, layer in enumerate(side.side_layers) if per_layer else [(None, None)]:
+            key = reference_prefix + reference.format(s=slot, i=layer)
+            mapping[key] = prefix + ours.format(s=slot)
+    return mapping
+
+
+def convert_eva_side_state(
+    state: dict[str, torch.Tensor],
+    side: EvaSideNetwork,
+    *,
+    reference_prefix: str = _EVA_REFERENCE_PREFIX,
+    source: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Rename (and reshape) the side network's entries of a reference EVA state dict.
+
+    Only keys under ``{reference_prefix}side_`` are the side network's; the frozen EVA backbone's
+    and the head's entries are left to their own importers and ignored here. Conv3d weights lose
+    their singleton dimensions, as in the CLIP path.
+
+    Returns:
+        A state dict for ``side.load_state_dict(..., strict=True)``.
+
+    Raises:
+        ValueError: naming the first unknown side key, missing key or wrongly shaped tensor.
+    """
+    mapping = eva_reference_key_map(side, reference_prefix=reference_prefix)
+    side_keys = {key for key in state if key.startswith(f"{reference_prefix}side_")}
+    unknown = sorted(side_keys - set(mapping))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown EVA side key {unknown[0]!r} ({len(unknown)} unknown keys) for "
+            f"side layers {side.side_layers}"
+        )
+    missing = [key for key in mapping if key not in state]
+    if missing:
+        raise ValueError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing keys)")
+    expected = side.state_dict()
+    converted = {}
+    for reference, ours in mapping.items():
+        tensor, target = state[reference], expected[ours].shape
+        reshapable = any(ours.endswith(name) for name in _RESHAPED)
+        if reshapable and tensor.dim() == 5 and _squeezed(tensor.shape) == _squeezed(target):
+            tensor = tensor.reshape(target)
+        if tensor.shape != target:
+            raise ValueError(
+                f"{source}: key {reference!r} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(target)}"
+            )
+        converted[ours] = tensor
+    return converted
+
+
+def _as_conv3d(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """An s4v temporal-conv weight in the reference's Conv3d shape; other tensors unchanged."""
+    if key.endswith("temporal.conv_dw.weight"):
+        return tensor.reshape(
+            tensor.shape[0], 1, tensor.shape[1], 1, 1
+        )  # (C, 3) -> (C, 1, 3, 1, 1)
+    if any(key.endswith(name) for name in _RESHAPED):
+        return tensor.reshape(*tensor.shape, 1, 1, 1)  # (C, C) -> (C, C, 1, 1, 1)
+    return tensor
+
+
+def eva_reference_side_state(
+    side: EvaSideNetwork, *, reference_prefix: str = _EVA_REFERENCE_PREFIX
+) -> dict[str, torch.Tensor]:
+    """``side``'s state in the reference's EVA key layout (the inverse of
+    :func:`convert_eva_side_state`), temporal-conv weights back in their Conv3d shapes."""
+    state = side.state_dict()
+    return {
+        reference: _as_conv3d(ours, state[ours])
+        for reference, ours in eva_reference_key_map(
+            side, reference_prefix=reference_prefix
+        ).items()
+    }
+
+
+def load_eva_side_checkpoint(path: str | Path, side: EvaSideNetwork) -> EvaSideNetwork:
+    """Load the side network of a reference EVA checkpoint file into ``side`` (in place).
+
+    The file is read like a CLIP-path release (``weights_only=True``, ``model_state_dict`` or a
+    bare state dict, a DDP ``module.`` prefix dropped); its backbone and head entries are ignored.
+
+    Returns:
+        ``side``, in eval mode.
+    """
+    path = Path(path)
+    state = _read_reference_state(path)
+    side.load_state_dict(convert_eva_side_state(state, side, source=str(path)), strict=True)
+    logger.info("loaded the EVA side network of %s", path)
+    return side.eval()
