@@ -232,10 +232,10 @@ class FrozenEVA(nn.Module):
 
     Weights dtype: ``weights_dtype`` casts the tower's parameters and buffers once (bf16 halves the
     memory of a frozen tower and needs no fp32 master copy). The rotary sin/cos tables stay fp32:
-    timm rotates in the table's dtype and casts the rotated q/k back to the activations' dtype, as
-    EVA-CLIP's fp32-weights-plus-autocast training does. Images are cast to the weights' dtype on
-    the way in and tokens come back in it (under autocast, autocast decides each op's dtype as
-    usual); a side network with fp32 weights should run under autocast or cast the tokens.
+    timm rotates in the table's dtype and casts the rotated q/k back to the activations' dtype, as it
+    does with fp32 weights under autocast. Images are cast to the weights' dtype on the way in and
+    tokens come back in it (under autocast, autocast decides each op's dtype as usual); a side
+    network with fp32 weights should run under autocast or cast the tokens.
 
     Args:
         visual: an open_clip ``TimmModel`` whose ``trunk`` is a timm ``Eva`` (taken over, not copied:
@@ -262,7 +262,7 @@ class FrozenEVA(nn.Module):
         super().__init__()
         if not is_eva_tower(visual):
             raise TypeError(
-                f"FrozenEVA needs an open_clip TimmModel around a timm Eva, got {visual}"
+                f"FrozenEVA needs an open_clip TimmModel around a timm Eva, got {type(visual)}"
             )
         trunk: Eva = visual.trunk
         if trunk.cls_token is None or trunk.num_prefix_tokens != 1:
