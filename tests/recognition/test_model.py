@@ -7,7 +7,9 @@ import torch
 
 from s4v_core.memory import SavedTensorMeter
 from s4v_core.side import SideNetwork, SideNetworkConfig
+from s4v_core.side_eva import EvaSideNetwork
 from s4v_recognition import METHODS, PRESETS, VideoClassifier, build_model
+from s4v_recognition.encoders import side_layers_for
 
 K = 5
 
@@ -17,7 +19,11 @@ _BACKBONES = {
     "ViT-B-16-quickgelu": (768, 12, 16),
     "ViT-L-14-quickgelu": (1024, 24, 14),
     "s4v-tiny": (64, 4, 8),
+    "EVA02-E-14": (1792, 64, 14),
+    "EVA02-L-14": (1024, 24, 14),
+    "s4v-tiny-eva": (64, 4, 8),
 }
+_EVA = {"EVA02-E-14", "EVA02-L-14", "s4v-tiny-eva"}
 
 
 def _frames(batch: int = 2, frames: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -39,8 +45,13 @@ def test_every_preset_side_network_maps_tokens_to_features_at_its_real_widths(na
     # depth L on a 2x2 patch grid through the preset's side network and head.
     preset = PRESETS[name]
     width, layers, patch = _BACKBONES[preset.backbone]
-    side = SideNetwork(
-        SideNetworkConfig(side_dim=preset.side_dim, head_dim=preset.head_dim),
+    network = EvaSideNetwork if preset.backbone in _EVA else SideNetwork
+    side = network(
+        SideNetworkConfig(
+            side_dim=preset.side_dim,
+            head_dim=preset.head_dim,
+            side_layers=side_layers_for(preset, layers),
+        ),
         backbone_width=width,
         num_layers=layers,
         patch_size=patch,

@@ -90,6 +90,16 @@ class ModelConfig(_Section):
     side_dim: PositiveInt | None = None  # None: the preset's side width
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # recognition only
     grad_checkpointing: bool = False  # recompute side blocks in backward to save memory
+    # Backbone layers (0-based) followed by a side block: increasing layer indices, "odd" (the
+    # reference's EVA placement), "all" (its CLIP placement) or None for the preset's choice.
+    side_layers: list[NonNegativeInt] | Literal["all", "odd"] | None = None
+
+    @field_validator("side_layers")
+    @classmethod
+    def _increasing_layers(cls, value: list[int] | str | None) -> list[int] | str | None:
+        if isinstance(value, list) and (not value or sorted(set(value)) != value):
+            raise ValueError(f"side_layers must be increasing and non-empty, got {value}")
+        return value
 
     # The task comes from the validation context (apply_overrides passes it); without one, a name
     # of any task is accepted here and the model builder rejects a mismatch.

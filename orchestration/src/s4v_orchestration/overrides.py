@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from s4v_orchestration.config import ConfigError, RunConfig
-from s4v_orchestration.recipes import deep_merge, preset_config
+from s4v_orchestration.recipes import deep_merge, model_recipe, preset_config
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -118,8 +118,31 @@ def load_run_config(
         raise ConfigError(
             f"{config_file}: data.dataset is {file_dataset!r} but --dataset is {dataset!r}"
         )
-    merged = deep_merge(preset_config(task, dataset), file_data)
+    recipe = preset_config(task, dataset)
+    preset = _chosen_preset(recipe, file_data, overrides, shortcuts)
+    if isinstance(preset, str):
+        recipe = deep_merge(recipe, model_recipe(task, dataset, preset))
+    merged = deep_merge(recipe, file_data)
     return apply_overrides(merged, overrides, shortcuts, file=(config_file, file_tree, file_data))
+
+
+def _chosen_preset(
+    recipe: dict[str, Any],
+    file_data: dict[str, Any],
+    overrides: Sequence[str],
+    shortcuts: Sequence[Shortcut],
+) -> Any:
+    """The model preset the layers end up with (the last layer that names one wins)."""
+    preset = (recipe.get("model") or {}).get("preset")
+    preset = (file_data.get("model") or {}).get("preset", preset)
+    for dotted, value, _ in shortcuts:
+        if dotted == "model.preset":
+            preset = value
+    for text in overrides:
+        path, value = parse_override(text)
+        if path == ("model", "preset"):
+            preset = value
+    return preset
 
 
 def apply_overrides(

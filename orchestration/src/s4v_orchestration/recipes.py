@@ -121,6 +121,60 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# The reference's model-specific recipes (spec 2.2), layered over a dataset's recipe when that model
+# preset is chosen: model preset -> dataset -> partial config. ViT-L/14 trains at lr 1e-4 (and
+# 30 epochs on SSv1); EVA02-CLIP-bigE-14 at 8 videos per GPU (1 on K400, with RandAugment), 6
+# warm-up epochs on SS and 30 / 25 / 20 epochs.
+_L14 = {"solver": {"lr": 1e-4}}
+_E14_SS = {"data": {"batch_size": 8}, "solver": {"warmup_epochs": 6, "lr": 1e-4}}
+MODEL_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "side4video-l14": {
+        "ssv1": deep_merge(_L14, {"solver": {"epochs": 30}}),
+        "ssv2": _L14,
+        "k400": _L14,
+    },
+    "side4video-e14": {
+        "ssv1": deep_merge(_E14_SS, {"solver": {"epochs": 30}}),
+        "ssv2": deep_merge(_E14_SS, {"solver": {"epochs": 25}}),
+        "k400": {
+            "data": {"batch_size": 1, "rand_augment": True},
+            "solver": {"epochs": 20, "warmup_epochs": 4, "lr": 1e-4},
+        },
+    },
+}
+
+
+def model_recipe(task: str, dataset: str, preset: str) -> dict[str, Any]:
+    """What choosing model ``preset`` changes in the recipe of ``dataset``.
+
+    A dataset recipe names a preset and the weights it starts from; another preset on a dataset
+    whose recipe loads pretrained weights starts from that preset's own weights (an EVA backbone
+    has no ``openai`` tag), and the reference's recipe for that model applies on top.
+    """
+    recipe = DATASET_PRESETS.get(task, {}).get(dataset, {})
+    recipe_model = recipe.get("model", {})
+    if preset == recipe_model.get("preset"):
+        return {}
+    change: dict[str, Any] = {}
+    if recipe_model.get("pretrained") is not None:
+        registry = _model_presets(task)
+        if preset in registry:
+            change = {"model": {"pretrained": registry[preset].pretrained}}
+    if task == "recognition":
+        change = deep_merge(change, MODEL_RECIPES.get(preset, {}).get(dataset, {}))
+    return change
+
+
+def _model_presets(task: str) -> dict[str, Any]:
+    if task == "retrieval":
+        import s4v_retrieval
+
+        return s4v_retrieval.PRESETS
+    import s4v_recognition
+
+    return s4v_recognition.PRESETS
+
+
 def preset_config(task: str, dataset: str) -> dict[str, Any]:
     """The preset for one dataset as a plain nested dict (``data.dataset`` and ``task`` included)."""
     presets = DATASET_PRESETS.get(task)
@@ -142,6 +196,10 @@ def _check_recipes() -> None:
                 f"{task} recipes {sorted(recipes)} do not match the {task} datasets of "
                 f"s4v_data.specs {sorted(datasets)}: add or remove the recipe"
             )
+    for preset, by_dataset in MODEL_RECIPES.items():
+        unknown = set(by_dataset) - set(DATASET_PRESETS["recognition"])
+        if unknown:
+            raise RuntimeError(f"model recipe {preset} names unknown datasets {sorted(unknown)}")
 
 
 _check_recipes()

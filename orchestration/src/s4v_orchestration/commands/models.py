@@ -24,9 +24,18 @@ def _methods_table(task: str, methods: dict) -> Table:
     return table
 
 
+def _count(name: str, num_classes: int, method: str) -> str:
+    from s4v_recognition import count_parameters
+
+    try:
+        return f"{count_parameters(name, num_classes, method)[0]:,}"
+    except ValueError:  # the method does not run on this backbone (e.g. an adapter on EVA)
+        return "n/a"
+
+
 def _recognition_tables(num_classes: int) -> list[Table]:
     from s4v_core.assembly import image_tower_parameters
-    from s4v_recognition import METHODS, PRESETS, count_parameters
+    from s4v_recognition import METHODS, PRESETS
 
     presets = Table(title="Recognition presets")
     for column in ("preset", "backbone", "weights"):
@@ -47,10 +56,7 @@ def _recognition_tables(num_classes: int) -> list[Table]:
             str(preset.side_dim),
             f"{image_tower_parameters(preset.backbone):,}",
         )
-        counts.add_row(
-            name,
-            *(f"{count_parameters(name, num_classes, method)[0]:,}" for method in METHODS),
-        )
+        counts.add_row(name, *(_count(name, num_classes, method) for method in METHODS))
     return [presets, counts, _methods_table("Recognition", METHODS)]
 
 

@@ -160,6 +160,7 @@ class RecognitionTask(Task):
                     side_dim=config.model.side_dim,
                     grad_checkpointing=config.model.grad_checkpointing,
                     dropout=config.model.dropout,
+                    side_layers=config.model.side_layers,
                 ),
             )
         self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []

@@ -88,13 +88,16 @@ class TrainableModule(nn.Module):
     """A task model with the checkpoint contract: it saves and loads only what trains.
 
     Saved are the parameters that train (``requires_grad``) and the buffers (BatchNorm
-    statistics) outside the frozen :class:`FrozenViT` towers; frozen weights, even those that
+    statistics) outside the frozen towers (:class:`FrozenViT`, ``FrozenEVA``); frozen weights, even those that
     gradients flow through (adapter methods), are rebuilt from the backbone's identity instead.
     """
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Trained parameters and buffers; nothing of the frozen weights."""
-        frozen = [f"{name}." for name, m in self.named_modules() if isinstance(m, FrozenViT)]
+        from s4v_core.backbone_eva import FrozenEVA  # builds on s4v_core.backbone
+
+        towers = (FrozenViT, FrozenEVA)
+        frozen = [f"{name}." for name, m in self.named_modules() if isinstance(m, towers)]
         trained = {name for name, p in self.named_parameters() if p.requires_grad}
         buffers = {
             name

@@ -157,6 +157,17 @@ def _to_weights_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if weight is None else x.to(weight.dtype)
 
 
+def image_embed_dim(visual: nn.Module) -> int:
+    """E, the width of an open_clip image tower's embedding (ViT or EVA), read off its modules."""
+    if hasattr(visual, "output_dim"):
+        return visual.output_dim
+    if is_eva_tower(visual):
+        return _out_features(
+            nn.ModuleList([visual.trunk.head, visual.head]), visual.trunk.embed_dim
+        )
+    raise ValueError(f"cannot tell the embedding width of a {type(visual).__name__} image tower")
+
+
 def _out_features(projection: nn.Module, width: int) -> int:
     """E: the width of the last Linear of ``projection`` (D when it has none)."""
     linears = [m for m in projection.modules() if isinstance(m, nn.Linear)]

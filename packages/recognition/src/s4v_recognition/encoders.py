@@ -20,7 +20,9 @@ from torch import nn
 
 from s4v_core.assembly import check_image_size, side_network_on
 from s4v_core.backbone import FrozenViT, build_backbone, create_clip
+from s4v_core.backbone_eva import FrozenEVA, image_embed_dim
 from s4v_core.side import SideNetwork, SideNetworkConfig
+from s4v_core.side_eva import EvaSideNetwork, odd_layers
 
 if TYPE_CHECKING:
     from s4v_recognition.presets import RecognitionPreset
@@ -49,7 +51,7 @@ class SideVideoEncoder(nn.Module):
 class FrameMeanEncoder(nn.Module):
     """CLIP image embedding of every frame, averaged over time: ``(B, T, 3, H, W)`` -> ``(B, E)``.
 
-    With a :class:`FrozenViT` the embeddings are computed without grad (linear probe); with a
+    With a frozen tower (:class:`FrozenViT`, :class:`FrozenEVA`) the embeddings are computed without grad (linear probe); with a
     trainable open_clip ``VisionTransformer`` every backbone weight trains (full fine-tuning).
     """
 
@@ -64,24 +66,34 @@ class FrameMeanEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         images = rearrange(frames, "b t c h w -> (b t) c h w")
-        if isinstance(self.image_encoder, FrozenViT):
+        if isinstance(self.image_encoder, (FrozenViT, FrozenEVA)):
             embeddings = self.image_encoder.encode_image(images)
         else:
             embeddings = self.image_encoder(images)
         return rearrange(embeddings, "(b t) e -> b t e", b=frames.shape[0]).mean(dim=1)
 
 
+_DTYPES = {None: None, "bf16": torch.bfloat16}
+
+
+def side_layers_for(spec: RecognitionPreset, num_layers: int) -> tuple[int, ...] | None:
+    """The preset's side layers as SideNetworkConfig takes them ("odd" resolved for the depth)."""
+    return odd_layers(num_layers) if spec.side_layers == "odd" else spec.side_layers
+
+
 def side4video(spec: RecognitionPreset, pretrained: str | None, grad_checkpointing: bool) -> Built:
-    """Frozen backbone + side network (Side4Video)."""
-    backbone = build_backbone(spec.backbone, pretrained)
+    """Frozen backbone + side network (Side4Video); the EVA side network on an EVA-02 backbone."""
+    backbone = build_backbone(spec.backbone, pretrained, weights_dtype=_DTYPES[spec.backbone_dtype])
     check_image_size(spec.image_size, spec.backbone, backbone.image_size)
     config = SideNetworkConfig(
         side_dim=spec.side_dim,
         head_dim=spec.head_dim,
-        side_layers=spec.side_layers,
-        grad_checkpointing=grad_checkpointing,
+        side_layers=side_layers_for(spec, backbone.num_layers),
+        grad_checkpointing=grad_checkpointing or spec.grad_checkpointing,
     )
-    side = side_network_on(SideNetwork, config, backbone, num_frames=spec.num_frames)
+    # The reference's EVA variant is its own side design (spec 1.8), chosen by the backbone.
+    network = EvaSideNetwork if isinstance(backbone, FrozenEVA) else SideNetwork
+    side = side_network_on(network, config, backbone, num_frames=spec.num_frames)
     return SideVideoEncoder(backbone, side), backbone.identity
 
 
@@ -102,6 +114,6 @@ def full_finetune(
     check_image_size(spec.image_size, spec.backbone, clip.visual.image_size[0])
     visual = clip.visual.train()
     visual.requires_grad_(True)
-    encoder = FrameMeanEncoder(visual, visual.output_dim)
+    encoder = FrameMeanEncoder(visual, image_embed_dim(visual))
     encoder.set_grad_checkpointing(grad_checkpointing)
     return encoder, identity

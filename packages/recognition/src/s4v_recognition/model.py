@@ -7,6 +7,9 @@ registry (:mod:`s4v_recognition.presets`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -74,6 +77,7 @@ def build_model(
     side_dim: int | None = None,
     grad_checkpointing: bool = False,
     dropout: float | None = None,
+    side_layers: Sequence[int] | str | None = None,
 ) -> VideoClassifier:
     """Build a video classifier from a named preset.
 
@@ -87,12 +91,16 @@ def build_model(
         side_dim: override the preset's side width C.
         grad_checkpointing: recompute activations in backward to save memory.
         dropout: override the preset's dropout before the head.
+        side_layers: override the preset's side layers: layer indices, ``"odd"`` or ``"all"``.
     """
     spec = get_preset(preset)
     builder = get_method(method)
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     spec = with_overrides(spec, num_frames=num_frames, side_dim=side_dim, dropout=dropout)
+    if side_layers is not None:  # "all" means every layer: the preset's None
+        layers = None if side_layers == "all" else side_layers
+        spec = replace(spec, side_layers=layers if layers in (None, "odd") else tuple(layers))
     encoder, identity = builder.build(spec, pretrained, grad_checkpointing)
     model = VideoClassifier(
         encoder,

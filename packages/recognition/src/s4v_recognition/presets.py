@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from s4v_core.assembly import count_on_meta, lookup
 from s4v_core.methods import aim, dist, evl, st_adapter
@@ -32,7 +33,14 @@ class RecognitionPreset:
     side_dim: int  # C, side network width
     image_size: int  # input resolution; must match the backbone's
     head_dim: int = 64  # side attention head width (reference: heads = C // 64)
-    side_layers: tuple[int, ...] | None = None  # backbone layers with a side block; None = all
+    # Backbone layers (0-based) followed by a side block: a tuple, "odd" (1, 3, ...: the
+    # reference's EVA placement) or None for every layer (the reference's CLIP placement).
+    side_layers: tuple[int, ...] | Literal["odd"] | None = None
+    # Dtype the frozen backbone's weights are stored and run in ("bf16": half the bytes; frozen
+    # weights need no fp32 master copy). None keeps fp32.
+    backbone_dtype: Literal["bf16"] | None = None
+    # Recompute side blocks in backward by default (the reference always does on EVA).
+    grad_checkpointing: bool = False
     dropout: float = 0.0  # before the linear head (reference drop_fc: 0)
     description: str = ""
 
@@ -75,6 +83,32 @@ PRESETS: dict[str, RecognitionPreset] = {
         image_size=224,
         description="Side4Video light, CLIP ViT-B/16, C=128 (paper Table 2, width inferred)",
     ),
+    # EVA02-CLIP-bigE-14 (open_clip EVA02-E-14, LAION-2B): the reference's evae-14 configs and the
+    # paper's headline numbers. C=576, side blocks after the 32 odd layers (spec 1.8); the 4.35 B
+    # frozen weights in bf16 and the side blocks recomputed, so that it trains on one 24 GB card.
+    "side4video-e14": RecognitionPreset(
+        backbone="EVA02-E-14",
+        pretrained="laion2b_s4b_b115k",
+        num_frames=8,
+        side_dim=576,
+        image_size=224,
+        side_layers="odd",
+        backbone_dtype="bf16",
+        grad_checkpointing=True,
+        description="Side4Video, EVA02-CLIP ViT-E/14, C=576, odd layers (reference evae-14)",
+    ),
+    # No reference config: the EVA side network on EVA02-CLIP-L/14 at the CLIP L/14 width C=512.
+    "side4video-eva-l14": RecognitionPreset(
+        backbone="EVA02-L-14",
+        pretrained="merged2b_s4b_b131k",
+        num_frames=8,
+        side_dim=512,
+        image_size=224,
+        side_layers="odd",
+        backbone_dtype="bf16",
+        grad_checkpointing=True,
+        description="Side4Video, EVA02-CLIP ViT-L/14, C=512 (width of the CLIP L/14 configs)",
+    ),
     # For tests and the CPU demo: the 4-layer, 32 px s4v-tiny CLIP shipped with s4v_core.
     "tiny": RecognitionPreset(
         backbone="s4v-tiny",
@@ -83,6 +117,17 @@ PRESETS: dict[str, RecognitionPreset] = {
         side_dim=128,  # two heads of 64, like every reference config has C // 64 heads
         image_size=32,
         description="tiny Side4Video on the 32 px s4v-tiny ViT, for tests and demos",
+    ),
+    # The EVA path at test size: the 4-layer, 32 px s4v-tiny-eva (rope, SwiGLU, post-norm) with
+    # side blocks after its odd layers 1 and 3; fp32 weights so that CPU runs are exact.
+    "tiny-eva": RecognitionPreset(
+        backbone="s4v-tiny-eva",
+        pretrained=None,
+        num_frames=8,
+        side_dim=128,
+        image_size=32,
+        side_layers="odd",
+        description="tiny Side4Video on the 32 px s4v-tiny-eva EVA-02, for tests and demos",
     ),
 }
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import open_clip
 import torch
 from einops import rearrange, repeat
 from open_clip.transformer import QuickGELU
@@ -416,6 +417,11 @@ def build(spec, pretrained: str | None, grad_checkpointing: bool) -> tuple[nn.Mo
         The encoder (``out_dim`` = the CLIP embedding width) and the CLIP weights' identity.
     """
     clip, identity = create_clip(spec.backbone, pretrained, need_projection=False)
+    if not isinstance(clip.visual, open_clip.transformer.VisionTransformer):
+        raise ValueError(
+            f"DiST needs an open_clip VisionTransformer, got {type(clip.visual).__name__} "
+            f"({spec.backbone})"
+        )
     embed_dim = clip.visual.output_dim
     backbone = FrozenViT(clip.visual, identity)  # frozen: requires_grad False, no_grad forward
     check_image_size(spec.image_size, spec.backbone, backbone.image_size)
