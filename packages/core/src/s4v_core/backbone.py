@@ -436,12 +436,29 @@ def build_backbone(
         A :class:`~s4v_core.backbone_eva.FrozenEVA` for an image tower around timm's ``Eva``
         (open_clip ``EVA02-*``), a :class:`FrozenViT` otherwise.
     """
+    clip, identity = create_clip(name, pretrained, need_projection=with_projection)
+    return freeze_image_tower(
+        clip.visual, identity, with_projection=with_projection, weights_dtype=weights_dtype
+    )
+
+
+def freeze_image_tower(
+    visual: nn.Module,
+    identity: dict,
+    *,
+    with_projection: bool = False,
+    weights_dtype: torch.dtype | None = None,
+) -> FrozenViT | FrozenEVA:
+    """The frozen wrapper of an open_clip image tower: FrozenEVA for EVA-02, FrozenViT otherwise.
+
+    Args are those of :func:`build_backbone`; ``visual`` and ``identity`` come from
+    :func:`create_clip` (a caller that also needs the text tower keeps the rest of the CLIP).
+    """
     from s4v_core.backbone_eva import FrozenEVA, is_eva_tower  # backbone_eva builds on this module
 
-    clip, identity = create_clip(name, pretrained, need_projection=with_projection)
-    if is_eva_tower(clip.visual):
+    if is_eva_tower(visual):
         return FrozenEVA(
-            clip.visual, identity, with_projection=with_projection, weights_dtype=weights_dtype
+            visual, identity, with_projection=with_projection, weights_dtype=weights_dtype
         )
-    backbone = FrozenViT(clip.visual, identity, with_projection=with_projection)
+    backbone = FrozenViT(visual, identity, with_projection=with_projection)
     return backbone if weights_dtype is None else backbone.to(weights_dtype)

@@ -149,7 +149,8 @@ class RetrievalVideoTower(nn.Module):
     baseline). The backbone, ``ln_post`` and ``proj`` stay frozen.
 
     Args:
-        backbone: a :class:`FrozenViT` built with ``with_projection=True``.
+        backbone: a frozen image tower (:class:`FrozenViT` or ``FrozenEVA``) built with
+            ``with_projection=True``.
         side: the side network, or None for plain CLIP frames.
     """
 

@@ -10,6 +10,7 @@ two dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from s4v_core.assembly import count_on_meta, lookup
 
@@ -25,7 +26,9 @@ class RetrievalPreset:
     side_dim: int  # C, side network width
     image_size: int  # input resolution; must match the backbone's
     head_dim: int = 64  # side attention head width (reference: heads = C // 64)
-    side_layers: tuple[int, ...] | None = None  # backbone layers with a side block; None = all
+    # Backbone layers with a side block: a tuple, "odd" (1, 3, ...: the reference's EVA variant,
+    # spec 4.3) or None for every layer.
+    side_layers: tuple[int, ...] | Literal["odd"] | None = None
     similarity: str = "wti"  # "wti" (reference scripts) or "meanP"
     description: str = ""
 
@@ -61,6 +64,18 @@ PRESETS: dict[str, RetrievalPreset] = {
         image_size=32,
         head_dim=32,
         description="tiny Side4Video retrieval on the 32 px s4v-tiny CLIP, for tests and demos",
+    ),
+    # The EVA path at test size: side blocks after the odd layers of the 4-layer s4v-tiny-eva.
+    "tiny-eva": RetrievalPreset(
+        backbone="s4v-tiny-eva",
+        pretrained=None,
+        num_frames=8,
+        max_words=16,
+        side_dim=64,
+        image_size=32,
+        head_dim=32,
+        side_layers="odd",
+        description="tiny Side4Video retrieval on the 32 px s4v-tiny-eva EVA-02, for tests",
     ),
 }
 

@@ -32,22 +32,39 @@ class CLIPTextTower(nn.Module):
             building an autograd graph.
     """
 
-    def __init__(self, clip: open_clip.CLIP, *, context_length: int, trainable: bool) -> None:
+    def __init__(
+        self,
+        clip: open_clip.CLIP | open_clip.CustomTextCLIP,
+        *,
+        context_length: int,
+        trainable: bool,
+    ) -> None:
         super().__init__()
-        if not isinstance(clip, open_clip.CLIP):
-            raise TypeError(f"CLIPTextTower needs an open_clip CLIP, got {type(clip).__name__}")
-        if not 3 <= context_length <= clip.context_length:
+        if isinstance(clip, open_clip.CLIP):
+            text, pool_type, eos_id = clip, clip.text_pool_type, getattr(clip, "text_eos_id", None)
+        elif (
+            isinstance(clip, open_clip.CustomTextCLIP)  # EVA-CLIP: the text tower is a submodule
+            and isinstance(clip.text, open_clip.transformer.TextTransformer)
+            and clip.text.cls_emb is None
+        ):
+            text, pool_type, eos_id = clip.text, clip.text.pool_type, clip.text.eos_id
+        else:
+            raise TypeError(
+                "CLIPTextTower needs an open_clip CLIP, or a CustomTextCLIP with a plain "
+                f"TextTransformer, got {type(clip).__name__}"
+            )
+        if not 3 <= context_length <= text.context_length:
             raise ValueError(
-                f"context_length must lie in [3, {clip.context_length}] for this model, "
+                f"context_length must lie in [3, {text.context_length}] for this model, "
                 f"got {context_length}"
             )
-        self.token_embedding = clip.token_embedding
-        self.positional_embedding = clip.positional_embedding
-        self.transformer = clip.transformer
-        self.ln_final = clip.ln_final
-        self.text_projection = clip.text_projection
-        self.pool_type: str = clip.text_pool_type
-        self.eos_id: int | None = getattr(clip, "text_eos_id", None)
+        self.token_embedding = text.token_embedding
+        self.positional_embedding = text.positional_embedding
+        self.transformer = text.transformer
+        self.ln_final = text.ln_final
+        self.text_projection = text.text_projection
+        self.pool_type: str = pool_type
+        self.eos_id: int | None = eos_id
         self.context_length = context_length
         causal = torch.full((context_length, context_length), float("-inf")).triu_(1)
         self.register_buffer("attn_mask", causal, persistent=False)
