@@ -8,14 +8,17 @@ reference forward (spec sections 1.2-1.4) using only torch.nn.functional on the 
 from __future__ import annotations
 
 import argparse
+import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from s4v_core.backbone import create_clip, file_sha256
 from s4v_core.side import SideNetworkConfig
 from s4v_core.side_eva import EvaSideNetwork, odd_layers
 from s4v_recognition import (
+    VideoClassifier,
     build_model,
     convert_side4video_checkpoint,
     load_converted_checkpoint,
@@ -586,3 +589,150 @@ def test_eva_checkpoints_that_do_not_fit_are_refused_naming_the_key(
     _write(path, state)
     with pytest.raises(ValueError, match=message):
         load_eva_side_checkpoint(path, _eva_side())
+
+
+# ------------------------------------------------------------------------------------------------
+# EVA releases as a whole (`load_side4video_checkpoint` / `convert_side4video_checkpoint` with an
+# EVA preset): the side network from the file's visual.side_* entries, the head from fc.*, the
+# frozen EVA backbone from `pretrained` (the reference's EVA backbone names are unknown, so the
+# file's other visual.* entries are skipped). The releases are written from a tiny-eva s4v model
+# with random weights. For logits parity the backbone comes from a local CLIP file (the weights the
+# original model was built on) while the importing model's side network and head are drawn from
+# another seed: equal logits then show that the side network and head came from the release.
+
+EVA_BACKBONE_ENTRIES = {  # stand-ins for the release's EVA backbone; shapes that fit nothing
+    "visual.patch_embed.proj.weight": torch.zeros(3, 3),
+    "visual.blocks.0.attn.q_proj.weight": torch.zeros(2),
+    "visual.blocks.3.mlp.w12.weight": torch.zeros(1, 1, 1),
+}
+
+
+def _eva_clip_file(tmp_path, seed: int = 11):
+    """A local weights file for the s4v-tiny-eva backbone: ``torch.save`` of a CLIP state dict."""
+    torch.manual_seed(seed)
+    clip, _ = create_clip("s4v-tiny-eva")
+    path = tmp_path / "tiny-eva-clip.pt"
+    torch.save(clip.state_dict(), path)
+    return path
+
+
+def _trained_eva_model(seed: int, pretrained: str | None = None) -> VideoClassifier:
+    """A tiny-eva model with non-trivial side statistics and a head that is not its init."""
+    torch.manual_seed(seed)
+    model = build_model("tiny-eva", K, pretrained=pretrained)
+    with torch.no_grad():
+        model.train()
+        model(_frames(seed=seed + 100))  # BatchNorm running statistics, num_batches_tracked
+        model.head.weight.add_(0.5 * torch.randn_like(model.head.weight))
+        model.head.bias.add_(0.5 * torch.randn_like(model.head.bias))
+    return model.eval()
+
+
+def _eva_release(model: VideoClassifier) -> dict[str, torch.Tensor]:
+    """``model``'s side network and head in the reference EVA layout, plus backbone entries."""
+    state = eva_reference_side_state(model.encoder.side)
+    state["fc.weight"] = model.head.weight.detach().clone()
+    state["fc.bias"] = model.head.bias.detach().clone()
+    return {**state, **EVA_BACKBONE_ENTRIES}
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_eva_release_reproduces_the_s4v_model_logits(tmp_path, caplog, prefix: str) -> None:
+    backbone = str(_eva_clip_file(tmp_path))
+    original = _trained_eva_model(seed=0, pretrained=backbone)
+    path = tmp_path / "model_best.pt"
+    _write(path, _eva_release(original), prefix=prefix)
+    torch.manual_seed(123)  # the importer's own side network and head: other random weights
+    with caplog.at_level(logging.INFO, logger="s4v_recognition.checkpoints"):
+        imported = load_side4video_checkpoint(path, "tiny-eva", K, pretrained=backbone)
+    assert not imported.training
+    frames = _frames()
+    with torch.no_grad():
+        expected = original(frames)
+        torch.testing.assert_close(imported(frames), expected)
+        torch.manual_seed(123)
+        unloaded = build_model("tiny-eva", K, pretrained=backbone).eval()
+        assert not torch.allclose(unloaded(frames), expected, atol=1e-3)  # the test can fail
+    assert imported.backbone_identity == original.backbone_identity
+    assert imported.backbone_identity["pretrained"] == backbone
+    assert imported.backbone_identity["sha256"] == file_sha256(backbone)
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1
+    assert f"skipped {len(EVA_BACKBONE_ENTRIES)} EVA backbone entries" in skipped[0]
+    assert f"pretrained={backbone}" in skipped[0]
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_eva_release_converts_to_a_file_with_the_preset_backbone(tmp_path) -> None:
+    # pretrained=None takes the preset's tag; tiny-eva's is None, a random backbone drawn first
+    # from torch's generator, so seeding as for the original rebuilds the original's backbone.
+    original = _trained_eva_model(seed=5)
+    source, target = tmp_path / "release.pt", tmp_path / "out" / "converted.pt"
+    _write(source, _eva_release(original), prefix="module.")
+    torch.manual_seed(5)
+    imported = convert_side4video_checkpoint(source, target, "tiny-eva", K)
+    reloaded = load_converted_checkpoint(target)
+    frames = _frames()
+    with torch.no_grad():
+        expected = original(frames)
+        torch.testing.assert_close(imported(frames), expected)
+        torch.testing.assert_close(reloaded(frames), imported(frames), rtol=0, atol=0)
+    identity = {"name": "s4v-tiny-eva", "pretrained": None, "sha256": None}
+    assert imported.backbone_identity == reloaded.backbone_identity == identity
+    saved = torch.load(target, weights_only=True)
+    assert saved["preset"] == "tiny-eva" and saved["backbone"] == identity
+    assert saved["model"].keys() == imported.trainable_state_dict().keys()
+    assert saved["backbone_state_dict"] and all(
+        key.startswith("encoder.backbone.") for key in saved["backbone_state_dict"]
+    )
+    assert saved["converted_from"] == {"path": str(source), "sha256": file_sha256(source)}
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.update({"text_projection": torch.zeros(4, 4)}),
+         r"unknown key 'text_projection' \(1 unknown keys\)"),
+        (lambda s: s.update({"module_extra.fc.weight": torch.zeros(1), "fc.extra": torch.zeros(1)}),
+         r"unknown key 'fc\.extra' \(2 unknown keys\)"),
+        (lambda s: s.update({"visual.side_post_bn.weight": torch.ones(C)}),
+         r"unknown EVA side key 'visual\.side_post_bn\.weight'"),
+        (lambda s: s.pop("fc.bias"), r"missing key 'fc\.bias'"),
+        (lambda s: s.update({"fc.bias": torch.zeros(K + 1)}), r"'fc\.bias' has shape \(6,\)"),
+        (lambda s: s.update({"fc.weight": torch.zeros(K, C + 1)}),
+         r"'fc\.weight' has shape \(5, 129\), expected \(5, 128\)"),
+        (lambda s: s.pop("visual.side_transformer.1.attn.proj.bias"),
+         r"missing key 'visual\.side_transformer\.1\.attn\.proj\.bias'"),
+    ],
+    ids=["unknown", "unknown-first-named", "unknown-side", "missing-head", "wrong-head",
+         "wrong-head-width", "missing-side"],
+)  # fmt: skip
+def test_eva_releases_that_do_not_fit_are_refused_before_the_backbone_loads(
+    tmp_path, edit, message
+) -> None:
+    torch.manual_seed(0)
+    good = _eva_release(build_model("tiny-eva", K))
+    bad = dict(good)
+    edit(bad)
+    for name, state in (("good.pt", good), ("bad.pt", bad)):
+        _write(tmp_path / name, state, prefix="module.")
+    # A backbone source that cannot load: the file's keys are checked first, on the meta device.
+    absent = str(tmp_path / "absent-backbone.pt")
+    with pytest.raises(ValueError, match=message):
+        load_side4video_checkpoint(tmp_path / "bad.pt", "tiny-eva", K, pretrained=absent)
+    with pytest.raises(ValueError, match="neither a file nor an open_clip tag"):
+        load_side4video_checkpoint(tmp_path / "good.pt", "tiny-eva", K, pretrained=absent)
+
+
+def test_pretrained_is_refused_for_a_clip_path_release(tmp_path) -> None:
+    path = tmp_path / "model_best.pt"
+    _write(path, _reference_state())
+    with pytest.raises(ValueError, match=r"pretrained='openai' applies to EVA releases only"):
+        load_side4video_checkpoint(path, "tiny", K, pretrained="openai")
+    with pytest.raises(ValueError, match="EVA releases only"):
+        convert_side4video_checkpoint(path, tmp_path / "o.pt", "tiny", K, pretrained="openai")
+    assert not (tmp_path / "o.pt").exists()

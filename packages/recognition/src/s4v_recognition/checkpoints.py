@@ -7,6 +7,13 @@ inside) and ``fc.*`` (head) tensors, possibly with a DDP ``module.`` prefix (spe
 :data:`REFERENCE_KEYS` maps every one of them onto this package's module names. The files come from
 the internet, so they are read with ``torch.load(weights_only=True)``: tensors and plain
 containers only, never arbitrary pickled objects.
+
+EVA releases (presets whose side network is an :class:`~s4v_core.side_eva.EvaSideNetwork`, such as
+``side4video-e14``) are imported differently: their side network comes from the file's
+``visual.side_*`` entries (:data:`EVA_SIDE_KEYS`) and their head from ``fc.*``, but the spec does
+not list the reference's EVA backbone key names, so the file's other ``visual.*`` entries are
+skipped and the frozen EVA backbone is loaded from ``pretrained`` (by default the preset's open_clip
+tag) instead.
 """
 
 from __future__ import annotations
@@ -83,6 +90,8 @@ _TRAINABLE_KEYS: list[tuple[str, str]] = [
     *[(f"fc.{p}", f"head.{p}") for p in _WB],
 ]
 REFERENCE_KEYS: list[tuple[str, str]] = _FROZEN_KEYS + _TRAINABLE_KEYS
+# The head's entries, which the EVA path shares with the CLIP path.
+_HEAD_KEYS: list[tuple[str, str]] = [pair for pair in _TRAINABLE_KEYS if pair[0].startswith("fc.")]
 _RESHAPED = {"temporal.conv_in.weight", "temporal.conv_dw.weight", "temporal.conv_out.weight"}
 
 
@@ -167,12 +176,38 @@ def convert_reference_state(
     return converted
 
 
-def _load_release(path: Path, preset: str, num_classes: int) -> tuple[VideoClassifier, dict]:
+def _layout(preset: str, num_classes: int) -> VideoClassifier:
+    """The ``preset`` side4video model built on the meta device: its modules and shapes, no data.
+
+    Torch's generator is restored after, so that a random backbone built next (``pretrained``
+    None) is drawn as if this had not run.
+    """
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_model(preset, num_classes)
+
+
+def is_eva_preset(preset: str) -> bool:
+    """Whether ``preset``'s side4video model has the EVA side network, so that its releases are
+    imported with their backbone from ``pretrained`` (see :func:`load_side4video_checkpoint`)."""
+    return isinstance(_layout(preset, 1).encoder.side, EvaSideNetwork)
+
+
+def _load_release(
+    path: Path, preset: str, num_classes: int, pretrained: str | None = None
+) -> tuple[VideoClassifier, dict]:
     state = _read_reference_state(path)
     if "fc.weight" in state and state["fc.weight"].shape[0] != num_classes:
         raise ValueError(
             f"{path}: key 'fc.weight' has {state['fc.weight'].shape[0]} classes, "
             f"expected num_classes={num_classes}"
+        )
+    layout = _layout(preset, num_classes)
+    if isinstance(layout.encoder.side, EvaSideNetwork):
+        return _load_eva_release(path, state, layout, preset, num_classes, pretrained), state
+    if pretrained is not None:
+        raise ValueError(
+            f"pretrained={pretrained!r} applies to EVA releases only: a release of preset "
+            f"{preset!r} carries its frozen backbone, which is loaded from {path}"
         )
     model = build_model(preset, num_classes)
     model.load_state_dict(convert_reference_state(state, model, str(path)), strict=True)
@@ -184,23 +219,32 @@ def _load_release(path: Path, preset: str, num_classes: int) -> tuple[VideoClass
     return model.eval(), state
 
 
-def load_side4video_checkpoint(path: str | Path, preset: str, num_classes: int) -> VideoClassifier:
+def load_side4video_checkpoint(
+    path: str | Path, preset: str, num_classes: int, *, pretrained: str | None = None
+) -> VideoClassifier:
     """Build the ``preset`` side4video model and load a released Side4Video checkpoint into it.
 
     Args:
         path: the released file (``{"model_state_dict": ...}`` or a bare state dict).
         preset: the matching preset, e.g. ``side4video-b16`` for a ViT-B/16 release.
         num_classes: K of the release's head (174 for Something-Something, 400 for Kinetics).
+        pretrained: EVA presets only (``side4video-e14``, ...): the frozen EVA backbone's weights,
+            an open_clip tag or a local file; None takes the preset's own tag (for ``tiny-eva``,
+            whose tag is None: random weights from torch's generator). The release's backbone
+            entries are not read, their reference names being unknown. A CLIP-path release
+            supplies its backbone itself, so passing ``pretrained`` for one is an error.
 
     Returns:
-        The model in eval mode; its ``backbone_identity`` names ``path`` and its SHA-256, and
-        ``build_model(preset, num_classes, pretrained=path)`` rebuilds the same backbone.
+        The model in eval mode. On the CLIP path its ``backbone_identity`` names ``path`` and its
+        SHA-256, and ``build_model(preset, num_classes, pretrained=path)`` rebuilds the same
+        backbone; on the EVA path it is the identity of ``pretrained``'s weights, and
+        ``build_model(preset, num_classes, pretrained=pretrained)`` rebuilds that backbone.
 
     Raises:
         ValueError: naming the key, for unknown, missing or wrongly shaped entries, or a file
-            that is not a checkpoint of tensors.
+            that is not a checkpoint of tensors; for ``pretrained`` with a CLIP-path preset.
     """
-    model, _ = _load_release(Path(path), preset, num_classes)
+    model, _ = _load_release(Path(path), preset, num_classes, pretrained)
     logger.info("loaded Side4Video checkpoint %s into preset %s", path, preset)
     return model
 
@@ -211,6 +255,7 @@ def convert_side4video_checkpoint(
     preset: str,
     num_classes: int,
     *,
+    pretrained: str | None = None,
     extra: dict | None = None,
 ) -> VideoClassifier:
     """Convert a released checkpoint into a self-contained s4v model file.
@@ -218,11 +263,16 @@ def convert_side4video_checkpoint(
     The file is an s4v checkpoint (``format``, ``version``, ``task``, ``backbone``, ``model``
     as written by training runs) plus what is needed to rebuild the model without anything else:
     ``preset``, ``method``, ``num_classes``, ``settings`` and the frozen backbone's weights in
-    ``backbone_state_dict``. ``extra`` entries (e.g. a run ``config``) are stored as well. Read it
-    back with :func:`load_converted_checkpoint`.
+    ``backbone_state_dict`` (for an EVA release, those of ``pretrained``, as in
+    :func:`load_side4video_checkpoint`). ``extra`` entries (e.g. a run ``config``) are stored as
+    well. Read it back with :func:`load_converted_checkpoint`.
     """
     source, target = Path(source), Path(target)
-    model, _ = _load_release(source, preset, num_classes)
+    model, _ = _load_release(source, preset, num_classes, pretrained)
+    identity = model.backbone_identity
+    # On the CLIP path the release is the backbone's source and its hash is already known.
+    from_release = identity["pretrained"] == str(source) and identity["sha256"] is not None
+    release_sha256 = identity["sha256"] if from_release else file_sha256(source)
     trainable = model.trainable_state_dict()
     frozen = {k: v for k, v in model.state_dict().items() if k not in trainable}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +288,7 @@ def convert_side4video_checkpoint(
             "backbone": model.backbone_identity,
             "model": trainable,
             "backbone_state_dict": frozen,
-            "converted_from": {"path": str(source), "sha256": model.backbone_identity["sha256"]},
+            "converted_from": {"path": str(source), "sha256": release_sha256},
             **(extra or {}),
         },
         target,
@@ -422,3 +472,74 @@ def load_eva_side_checkpoint(path: str | Path, side: EvaSideNetwork) -> EvaSideN
     side.load_state_dict(convert_eva_side_state(state, side, source=str(path)), strict=True)
     logger.info("loaded the EVA side network of %s", path)
     return side.eval()
+
+
+def _convert_eva_release_state(
+    state: dict[str, torch.Tensor], model: VideoClassifier, source: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``model``'s side network and head entries of a reference EVA ``model_state_dict``.
+
+    Returns:
+        The trainable state (``encoder.side.*`` and ``head.*`` keys) and the reference's
+        backbone keys, which are not read.
+
+    Raises:
+        ValueError: naming the first unknown key (neither ``visual.*`` nor the head's), unknown
+            side key, missing key or wrongly shaped tensor.
+    """
+    head = dict(_HEAD_KEYS)
+    unknown = sorted(
+        key for key in state if not key.startswith(_EVA_REFERENCE_PREFIX) and key not in head
+    )
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown key {unknown[0]!r} ({len(unknown)} unknown keys); an EVA release "
+            f"holds {_EVA_REFERENCE_PREFIX}* and {', '.join(head)} entries"
+        )
+    side = convert_eva_side_state(state, model.encoder.side, source=source)
+    converted = {f"encoder.side.{key}": value for key, value in side.items()}
+    expected = model.state_dict()
+    for reference, ours in _HEAD_KEYS:
+        if reference not in state:
+            raise ValueError(f"{source}: missing key {reference!r}")
+        tensor, target = state[reference], expected[ours].shape
+        if tensor.shape != target:
+            raise ValueError(
+                f"{source}: key {reference!r} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(target)}"
+            )
+        converted[ours] = tensor
+    side_prefix = f"{_EVA_REFERENCE_PREFIX}side_"
+    skipped = sorted(
+        key
+        for key in state
+        if key.startswith(_EVA_REFERENCE_PREFIX) and not key.startswith(side_prefix)
+    )
+    return converted, skipped
+
+
+def _load_eva_release(
+    path: Path,
+    state: dict[str, torch.Tensor],
+    layout: VideoClassifier,
+    preset: str,
+    num_classes: int,
+    pretrained: str | None,
+) -> VideoClassifier:
+    """An EVA release: side network and head from ``state``, the backbone from ``pretrained``.
+
+    ``layout`` is the model on the meta device: every key and shape is checked on it before the
+    backbone's weights are read (or downloaded).
+    """
+    converted, skipped = _convert_eva_release_state(state, layout, str(path))
+    backbone = pretrained if pretrained is not None else layout.preset.pretrained
+    logger.info(
+        "%s: skipped %d EVA backbone entries (their reference names are unknown); the frozen "
+        "backbone comes from pretrained=%s",
+        path,
+        len(skipped),
+        backbone,
+    )
+    model = build_model(preset, num_classes, pretrained=backbone)
+    model.load_trainable_state_dict(converted)
+    return model.eval()
