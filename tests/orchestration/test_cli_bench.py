@@ -45,3 +45,47 @@ def test_bench_memory_rejects_unknown_methods(tmp_path) -> None:
     )
     assert result.exit_code == 2
     assert "unknown methods" in result.output
+
+
+def test_bench_memory_plan_estimates_without_building_the_model(tmp_path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        result = runner.invoke(
+            app,
+            ["bench", "memory", "--model", "tiny-eva", "--plan", "--batches", "1,8",
+             "--threads", "1", "--device", "cpu", "--out", str(tmp_path)],
+            terminal_width=200,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    for text in ("estimated training memory", "saved for backward", "batch 8", "total"):
+        assert text in result.output
+    assert "largest batch that fits (estimate)" in result.output
+    report = json.loads((tmp_path / "memory-plan-tiny-eva-bf16-8f-ckpt.json").read_text())
+    assert report["kind"] == "estimate" and report["settings"]["batch_sizes"] == [1, 8]
+    plan = report["plan"]
+    assert plan["preset"] == "tiny-eva" and plan["checkpointing"] and plan["precision"] == "bf16"
+    assert [b["batch_size"] for b in report["batches"]] == [1, 8]
+    assert report["batches"][1]["total_bytes"] > report["batches"][0]["total_bytes"]
+    assert set(report["largest_batch"]) == {"24 GiB", "80 GiB"}
+    assert (tmp_path / "memory-plan-tiny-eva-bf16-8f-ckpt.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_memory_plan_refuses_other_methods_and_bad_batches(tmp_path) -> None:
+    methods = runner.invoke(
+        app,
+        ["bench", "memory", "--model", "tiny-eva", "--plan", "--methods", "full-finetune",
+         "--out", str(tmp_path)],
+        terminal_width=200,
+    )  # fmt: skip
+    assert methods.exit_code == 2 and "side4video method only" in methods.output
+    batches = runner.invoke(
+        app,
+        ["bench", "memory", "--model", "tiny-eva", "--plan", "--batches", "1,x",
+         "--out", str(tmp_path)],
+        terminal_width=200,
+    )  # fmt: skip
+    assert batches.exit_code == 2 and "--batches" in batches.output
