@@ -13,6 +13,7 @@ two dicts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -183,8 +184,26 @@ def get_method(name: str) -> RecognitionMethod:
 def count_parameters(name: str, num_classes: int, method: str = "side4video") -> tuple[int, int]:
     """(trainable, total) parameters of preset ``name`` under ``method`` with a K-way head.
 
-    Counted on the meta device: nothing is allocated and no weights are read.
+    Counted on the meta device: nothing is allocated and no weights are read. The model is built
+    once per preset and method; the head's ``(features + 1) x K`` is then exact arithmetic.
     """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    trainable, total, features = _count_with_one_class(name, method)
+    extra = (features + 1) * (num_classes - 1)
+    return trainable + extra, total + extra
+
+
+@functools.cache
+def _count_with_one_class(name: str, method: str) -> tuple[int, int, int]:
     from s4v_recognition.model import build_model  # the model module imports this registry
 
-    return count_on_meta(lambda: build_model(name, num_classes, method=method))
+    features: list[int] = []
+
+    def build():
+        model = build_model(name, 1, method=method)
+        features.append(model.head.in_features)
+        return model
+
+    trainable, total = count_on_meta(build)
+    return trainable, total, features[0]
