@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -15,18 +14,10 @@ from s4v_core.backbone import create_clip
 from s4v_core.memory import SavedTensorMeter
 from s4v_core.methods.aim import Adapter, AIMBlock, AIMConfig, AIMEncoder, build
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B, T, SIZE = 2, 8, 32
 TINY = SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=SIZE)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tensors this small gain nothing from intra-op threads, and on a loaded shared CPU OpenMP's
-    # waiting threads make every op up to 50x slower; the count is restored for later files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _frames(seed: int = 1, batch: int = B, frames: int = T, size: int = SIZE) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterator
 
 import open_clip
 import pytest
@@ -24,13 +23,7 @@ from s4v_core.backbone_eva import (
 from s4v_core.memory import SavedTensorMeter
 from s4v_core.side import SideNetwork, SideNetworkConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> None:

@@ -21,22 +21,14 @@ from s4v_core.methods.dist import (
     build,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B, T = 2, 8
 TINY = SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=32)
 
 
 def _frames(seed: int = 1, frames: int = T) -> torch.Tensor:
     return torch.randn(B, frames, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tensors here are tiny: a second OpenMP thread only adds spin-waiting, which on a shared
-    # CPU made this file ~10x slower. Restored afterwards for the rest of the suite.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Narrow widths keep the tests that do not exercise the builder fast on a shared CPU.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,20 +13,12 @@ from s4v_core.memory import SavedTensorMeter
 from s4v_core.side import SideNetworkConfig, TokenBatchNorm
 from s4v_core.side_eva import EvaSideBlock, EvaSideNetwork, EvaSideTap, odd_layers
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # A tiny backbone's geometry (s4v-tiny: D=64, 4 layers, patch 8, 32 px -> 4x4 grid), T=8.
 B, T, D, L, P, SIZE, C, HEAD = 2, 8, 64, 4, 8, 32, 64, 32
 GRID = SIZE // P
 N = GRID * GRID
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tensors this small gain nothing from intra-op threads, and on a loaded shared CPU OpenMP's
-    # waiting threads make every op much slower; the count is restored for later files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(**overrides) -> SideNetworkConfig:

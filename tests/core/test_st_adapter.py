@@ -19,17 +19,10 @@ from s4v_core.methods.st_adapter import (
     build,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B, T, K = 2, 8, 174
 TINY = SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: on a shared CPU, extra intra-op threads only add contention (10x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _encoder(seed: int = 0, **config) -> STAdapterEncoder:

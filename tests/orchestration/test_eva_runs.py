@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from s4v_core.memory import SavedTensorMeter
@@ -15,14 +14,6 @@ from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.train import train
 from s4v_recognition import build_model, count_parameters
 from s4v_recognition.presets import get_preset
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _frames(seed: int = 0) -> torch.Tensor:

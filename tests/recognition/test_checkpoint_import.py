@@ -373,15 +373,6 @@ EVA_LAYERS = (1, 3)  # the odd layers of the 4-layer tiny backbone
 EVA_HEADS = C // 64
 
 
-@pytest.fixture
-def _one_thread():
-    # Tensors this small gain nothing from intra-op threads (and lose much on a loaded CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _eva_spec_keys(slots: int) -> set[str]:
     keys = set()
     for pattern in EVA_SIDE_TABLE:
@@ -504,7 +495,7 @@ def _eva_reference_features(state: dict, frames: torch.Tensor, tokens: list) -> 
     return to_video(s).mean(dim=(2, 3, 4))  # no side_post_bn
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_eva_mapping_covers_the_assumed_reference_layout_one_to_one() -> None:
     side = _eva_side()
     mapping = eva_reference_key_map(side)
@@ -519,7 +510,7 @@ def test_eva_mapping_covers_the_assumed_reference_layout_one_to_one() -> None:
     )
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_eva_checkpoint_in_reference_layout_reproduces_the_reference_features(
     tmp_path, prefix: str
@@ -541,7 +532,7 @@ def test_eva_checkpoint_in_reference_layout_reproduces_the_reference_features(
         )
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_eva_side_state_round_trips_through_the_reference_layout(tmp_path) -> None:
     ours = _eva_side(seed=1)
     frames, tokens = _eva_inputs()
@@ -566,7 +557,7 @@ def test_eva_side_state_round_trips_through_the_reference_layout(tmp_path) -> No
         torch.testing.assert_close(value, exported[key], rtol=0, atol=0, msg=key)
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -636,7 +627,7 @@ def _eva_release(model: VideoClassifier) -> dict[str, torch.Tensor]:
     return {**state, **EVA_BACKBONE_ENTRIES}
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_eva_release_reproduces_the_s4v_model_logits(tmp_path, caplog, prefix: str) -> None:
     backbone = str(_eva_clip_file(tmp_path))
@@ -663,7 +654,7 @@ def test_eva_release_reproduces_the_s4v_model_logits(tmp_path, caplog, prefix: s
     assert f"pretrained={backbone}" in skipped[0]
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_eva_release_converts_to_a_file_with_the_preset_backbone(tmp_path) -> None:
     # pretrained=None takes the preset's tag; tiny-eva's is None, a random backbone drawn first
     # from torch's generator, so seeding as for the original rebuilds the original's backbone.
@@ -691,7 +682,7 @@ def test_eva_release_converts_to_a_file_with_the_preset_backbone(tmp_path) -> No
         torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

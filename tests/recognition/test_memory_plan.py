@@ -16,17 +16,10 @@ from s4v_recognition.memory_plan import (
     weight_bytes,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K = 174
 TOLERANCE = 0.03  # relative: the fit against a real measurement
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for this module (the machine is shared), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

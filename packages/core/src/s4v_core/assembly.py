@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from s4v_core.backbone import FrozenViT, create_clip
+from s4v_core.backbone import FrozenTower, create_clip
 from s4v_core.side import SideNetworkConfig
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def check_image_size(image_size: int, backbone: str, backbone_size: int) -> None
 
 
 def side_network_on(
-    cls: Callable[..., _Side], config: SideNetworkConfig, backbone: FrozenViT, *, num_frames: int
+    cls: Callable[..., _Side], config: SideNetworkConfig, backbone: FrozenTower, *, num_frames: int
 ) -> _Side:
     """A side network of class ``cls`` shaped for ``backbone`` (its width, depth, patch and grid)."""
     return cls(
@@ -88,16 +88,14 @@ class TrainableModule(nn.Module):
     """A task model with the checkpoint contract: it saves and loads only what trains.
 
     Saved are the parameters that train (``requires_grad``) and the buffers (BatchNorm
-    statistics) outside the frozen towers (:class:`FrozenViT`, ``FrozenEVA``); frozen weights, even those that
-    gradients flow through (adapter methods), are rebuilt from the backbone's identity instead.
+    statistics) outside the frozen towers (:class:`~s4v_core.backbone.FrozenTower`); frozen
+    weights, even those that gradients flow through (adapter methods), are rebuilt from the
+    backbone's identity instead.
     """
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Trained parameters and buffers; nothing of the frozen weights."""
-        from s4v_core.backbone_eva import FrozenEVA  # builds on s4v_core.backbone
-
-        towers = (FrozenViT, FrozenEVA)
-        frozen = [f"{name}." for name, m in self.named_modules() if isinstance(m, towers)]
+        frozen = [f"{name}." for name, m in self.named_modules() if isinstance(m, FrozenTower)]
         trained = {name for name, p in self.named_parameters() if p.requires_grad}
         buffers = {
             name

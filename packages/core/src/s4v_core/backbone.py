@@ -315,7 +315,48 @@ def _frozen_block(
     return torch.add(branch, x, out=out)
 
 
-class FrozenViT(nn.Module):
+class FrozenTower(nn.Module):
+    """What every frozen image tower offers on top of its ``embed`` and ``block``.
+
+    A subclass sets ``num_layers``, ``ln_post`` and ``proj`` and implements ``embed(images)`` and
+    ``block(index, tokens)``, both without autograd; the side networks and methods need only this
+    interface, so a CLIP ViT (:class:`FrozenViT`) and an EVA-02 (``FrozenEVA``) are interchangeable.
+    """
+
+    num_layers: int
+    ln_post: nn.Module | None
+    proj: torch.Tensor | nn.Module | None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def iter_blocks(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield the tokens ``(M, 1+N, D)`` after each block for images ``(M, 3, H, W)``."""
+        # No grad context spans a yield: that would leak no_grad into the consumer's code.
+        tokens = self.embed(images)
+        for index in range(self.num_layers):
+            tokens = self.block(index, tokens)
+            yield tokens
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens after every block: a list of L tensors ``(M, 1+N, D)`` for images ``(M, 3, H, W)``."""
+        return list(self.iter_blocks(images))
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embedding ``(M, E)``: ``ln_post`` on the last class token, then ``proj``."""
+        if self.proj is None:
+            raise RuntimeError("build the backbone with with_projection=True to encode images")
+        tokens = self.embed(images)
+        for index in range(self.num_layers):
+            tokens = self.block(index, tokens)
+        return self.ln_post(tokens[:, 0]) @ self.proj
+
+
+class FrozenViT(FrozenTower):
     """A CLIP ViT that never trains: parameters frozen, every forward under ``torch.no_grad()``.
 
     Frames are encoded independently; :meth:`iter_blocks` yields the tokens after each residual
@@ -392,28 +433,6 @@ class FrozenViT(nn.Module):
         for start in range(0, images, size):
             _frozen_block(block, tokens[start : start + size], out[start : start + size])
         return out
-
-    def iter_blocks(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield the tokens ``(M, 1+N, D)`` after each block for images ``(M, 3, H, W)``."""
-        # No grad context spans a yield: that would leak no_grad into the consumer's code.
-        tokens = self.embed(images)
-        for index in range(self.num_layers):
-            tokens = self.block(index, tokens)
-            yield tokens
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Tokens after every block: a list of L tensors ``(M, 1+N, D)`` for images ``(M, 3, H, W)``."""
-        return list(self.iter_blocks(images))
-
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """CLIP image embedding ``(M, E)`` (``ln_post`` on the class token, then ``proj``)."""
-        if self.proj is None:
-            raise RuntimeError("build the backbone with with_projection=True to encode images")
-        tokens = self.embed(images)
-        for index in range(self.num_layers):
-            tokens = self.block(index, tokens)
-        return self.ln_post(tokens[:, 0]) @ self.proj
 
 
 def build_backbone(

@@ -30,7 +30,6 @@ SwiGLU with the inner LayerNorms as EVA02-B/L), for tests and the CPU demo.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import open_clip
@@ -42,7 +41,7 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models.eva import Eva
 from torch import nn
 
-from s4v_core.backbone import ViTGeometry, register_model_configs
+from s4v_core.backbone import FrozenTower, ViTGeometry, register_model_configs
 
 __all__ = [
     "TINY_EVA_MODEL",
@@ -229,7 +228,7 @@ def _cast_frozen(module: nn.Module, dtype: torch.dtype, keep: nn.Module | None) 
                 setattr(sub, name, buffer.to(dtype))
 
 
-class FrozenEVA(nn.Module):
+class FrozenEVA(FrozenTower):
     """An EVA-02 CLIP image tower that never trains, with :class:`~s4v_core.FrozenViT`'s interface.
 
     Parameters frozen, always in eval mode (no dropout or drop-path), every forward under
@@ -346,25 +345,3 @@ class FrozenEVA(nn.Module):
     def block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         """Block ``index`` on tokens ``(M, 1+N, D)``, with its rotary table."""
         return self.trunk.blocks[index](tokens, rope=self.rope(index))
-
-    def iter_blocks(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield the tokens ``(M, 1+N, D)`` after each block for images ``(M, 3, H, W)``."""
-        # No grad context spans a yield: that would leak no_grad into the consumer's code.
-        tokens = self.embed(images)
-        for index in range(self.num_layers):
-            tokens = self.block(index, tokens)
-            yield tokens
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Tokens after every block: a list of L tensors ``(M, 1+N, D)`` for images ``(M, 3, H, W)``."""
-        return list(self.iter_blocks(images))
-
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """CLIP image embedding ``(M, E)``: ``ln_post`` on the last class token, then ``proj``."""
-        if self.proj is None:
-            raise RuntimeError("build the backbone with with_projection=True to encode images")
-        tokens = self.embed(images)
-        for index in range(self.num_layers):
-            tokens = self.block(index, tokens)
-        return self.ln_post(tokens[:, 0]) @ self.proj

@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from s4v_core.assembly import check_image_size, side_network_on
-from s4v_core.backbone import FrozenViT, build_backbone, create_clip
+from s4v_core.backbone import FrozenTower, build_backbone, create_clip
 from s4v_core.backbone_eva import FrozenEVA, image_embed_dim
 from s4v_core.side import SideNetwork, SideNetworkConfig
 from s4v_core.side_eva import EvaSideNetwork, odd_layers
@@ -34,7 +34,7 @@ Built = tuple[nn.Module, dict]
 class SideVideoEncoder(nn.Module):
     """Frozen backbone + side network: frames ``(B, T, 3, H, W)`` -> features ``(B, C)``."""
 
-    def __init__(self, backbone: FrozenViT, side: SideNetwork) -> None:
+    def __init__(self, backbone: FrozenTower, side: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.side = side
@@ -51,8 +51,8 @@ class SideVideoEncoder(nn.Module):
 class FrameMeanEncoder(nn.Module):
     """CLIP image embedding of every frame, averaged over time: ``(B, T, 3, H, W)`` -> ``(B, E)``.
 
-    With a frozen tower (:class:`FrozenViT`, :class:`FrozenEVA`) the embeddings are computed without grad (linear probe); with a
-    trainable open_clip ``VisionTransformer`` every backbone weight trains (full fine-tuning).
+    With a frozen tower (``FrozenViT``, ``FrozenEVA``) the embeddings are computed without grad
+    (linear probe); with a trainable open_clip image tower every weight trains (full fine-tuning).
     """
 
     def __init__(self, image_encoder: nn.Module, out_dim: int) -> None:
@@ -66,7 +66,7 @@ class FrameMeanEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         images = rearrange(frames, "b t c h w -> (b t) c h w")
-        if isinstance(self.image_encoder, (FrozenViT, FrozenEVA)):
+        if isinstance(self.image_encoder, FrozenTower):
             embeddings = self.image_encoder.encode_image(images)
         else:
             embeddings = self.image_encoder(images)
