@@ -189,13 +189,17 @@ def count_parameters(name: str, num_classes: int, method: str = "side4video") ->
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    trainable, total, features = _count_with_one_class(name, method)
+    counted = _count_with_one_class(name, method)
+    if isinstance(counted, str):  # the method does not build on this preset's backbone
+        raise ValueError(counted)
+    trainable, total, features = counted
     extra = (features + 1) * (num_classes - 1)
     return trainable + extra, total + extra
 
 
 @functools.cache
-def _count_with_one_class(name: str, method: str) -> tuple[int, int, int]:
+def _count_with_one_class(name: str, method: str) -> tuple[int, int, int] | str:
+    """(trainable, total, head input width) with a 1-way head, or the builder's refusal."""
     from s4v_recognition.model import build_model  # the model module imports this registry
 
     features: list[int] = []
@@ -205,5 +209,8 @@ def _count_with_one_class(name: str, method: str) -> tuple[int, int, int]:
         features.append(model.head.in_features)
         return model
 
-    trainable, total = count_on_meta(build)
+    try:
+        trainable, total = count_on_meta(build)
+    except ValueError as error:
+        return str(error)
     return trainable, total, features[0]
