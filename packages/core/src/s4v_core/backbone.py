@@ -202,6 +202,18 @@ def _projection_keys(visual: nn.Module) -> tuple[str, ...]:
     return ("ln_post.weight", "ln_post.bias", "proj")
 
 
+def require_open_clip_vit(name: str, method: str) -> None:
+    """Refuse, before anything is built, an open_clip model whose image tower is not open_clip's own
+    ViT (EVA-02 and other timm towers); ``method`` names the method in the error."""
+    register_model_configs()
+    config = open_clip.get_model_config(name)
+    if config is not None and "timm_model_name" in config.get("vision_cfg", {}):
+        raise ValueError(
+            f"{method} needs an open_clip VisionTransformer; {name}'s image tower is timm's "
+            f"{config['vision_cfg']['timm_model_name']}"
+        )
+
+
 def create_clip(
     name: str, pretrained: str | None = None, *, need_projection: bool = True
 ) -> tuple[open_clip.CLIP, dict]:

@@ -75,7 +75,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from s4v_core.assembly import check_image_size
-from s4v_core.backbone import create_clip, is_plain_block
+from s4v_core.backbone import create_clip, is_plain_block, require_open_clip_vit
 from s4v_core.recompute import recompute
 
 
@@ -300,6 +300,7 @@ def build(spec: Any, pretrained: str | None, grad_checkpointing: bool) -> tuple[
     Raises:
         ValueError: for an unknown model, a non-ViT tower or an ``image_size`` not the model's.
     """
+    require_open_clip_vit(spec.backbone, "AIM")
     clip, identity = create_clip(spec.backbone, pretrained)
     check_image_size(spec.image_size, spec.backbone, clip.visual.image_size[0])
     config = AIMConfig(num_frames=spec.num_frames, grad_checkpointing=grad_checkpointing)

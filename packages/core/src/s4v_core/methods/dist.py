@@ -69,7 +69,7 @@ from open_clip.transformer import QuickGELU
 from torch import nn
 
 from s4v_core.assembly import check_image_size
-from s4v_core.backbone import FrozenViT, create_clip
+from s4v_core.backbone import FrozenViT, create_clip, require_open_clip_vit
 from s4v_core.recompute import recompute
 
 _INIT_STD = 0.02  # the official trunc_normal_ std for weights, tokens and time embeddings
@@ -416,6 +416,7 @@ def build(spec, pretrained: str | None, grad_checkpointing: bool) -> tuple[nn.Mo
     Returns:
         The encoder (``out_dim`` = the CLIP embedding width) and the CLIP weights' identity.
     """
+    require_open_clip_vit(spec.backbone, "DiST")
     clip, identity = create_clip(spec.backbone, pretrained, need_projection=False)
     if not isinstance(clip.visual, open_clip.transformer.VisionTransformer):
         raise ValueError(

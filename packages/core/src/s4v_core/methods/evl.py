@@ -77,7 +77,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from s4v_core.assembly import check_image_size
-from s4v_core.backbone import FrozenViT, build_backbone
+from s4v_core.backbone import FrozenViT, build_backbone, require_open_clip_vit
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -429,6 +429,7 @@ def build(spec: Any, pretrained: str | None, grad_checkpointing: bool) -> tuple[
     Returns:
         The encoder (``out_dim`` = backbone width) and the identity of its CLIP weights.
     """
+    require_open_clip_vit(spec.backbone, "EVL")
     backbone = build_backbone(spec.backbone, pretrained)
     check_image_size(spec.image_size, spec.backbone, backbone.image_size)
     config = EVLConfig(grad_checkpointing=grad_checkpointing)

@@ -63,7 +63,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from s4v_core.assembly import check_image_size
-from s4v_core.backbone import create_clip
+from s4v_core.backbone import create_clip, require_open_clip_vit
 from s4v_core.recompute import recompute
 
 POSITIONS = ("attn", "mlp")
@@ -274,6 +274,7 @@ def build(spec, pretrained: str | None, grad_checkpointing: bool) -> tuple[nn.Mo
     Returns:
         The encoder (``out_dim`` = the ViT's width) and the identity of its CLIP weights.
     """
+    require_open_clip_vit(spec.backbone, "ST-Adapter")
     clip, identity = create_clip(spec.backbone, pretrained)
     check_image_size(spec.image_size, spec.backbone, clip.visual.image_size[0])
     config = STAdapterConfig(grad_checkpointing=grad_checkpointing)
