@@ -221,7 +221,25 @@ class SideMlp(nn.Module):
         return gelu_mlp(self.norm(x), self.fc1, self.fc2)
 
 
-class SideBlock(nn.Module):
+class ResidualSideBlock(nn.Module):
+    """The order every side block variant runs its three residual branches in.
+
+    A subclass sets ``num_frames`` and the ``temporal``, ``attn`` and ``mlp`` branches.
+    """
+
+    num_frames: int
+    temporal: nn.Module
+    attn: nn.Module
+    mlp: nn.Module
+
+    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos -> ``(B*T, N, C)``."""
+        x = x + self.temporal(x, self.num_frames)
+        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
+        return x + self.mlp(x)
+
+
+class SideBlock(ResidualSideBlock):
     """One side block: temporal conv, class-token attention and MLP, each a residual branch."""
 
     def __init__(self, config: SideNetworkConfig, num_frames: int) -> None:
@@ -238,12 +256,6 @@ class SideBlock(nn.Module):
         nn.init.zeros_(self.attn.out_proj.bias)
         nn.init.normal_(self.mlp.fc1.weight, std=(2 * c) ** -0.5)
         nn.init.normal_(self.mlp.fc2.weight, std=proj_std)
-
-    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos ``(N, C)`` -> ``(B*T, N, C)``."""
-        x = x + self.temporal(x, self.num_frames)
-        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
-        return x + self.mlp(x)
 
 
 class _SideLayers(Protocol):
@@ -295,8 +307,9 @@ def run_side_layers(
 class SideTrunk(nn.Module):
     """The parts every side network variant has, built in one order (so seeded inits agree).
 
-    A 3-D conv stem, a side position embedding of ``pos_rows`` rows (N(0, 0.01^2)), one tap and
-    one block per side layer and a final BatchNorm; :func:`run_side_layers` runs them.
+    A 3-D conv stem, a side position embedding of ``pos_rows`` rows (N(0, pos_std^2)), one tap and
+    one block per side layer and (unless ``post_norm=False``) a final BatchNorm;
+    :func:`run_side_layers` runs them.
 
     Args:
         config: side width, heads, which layers get blocks, checkpointing.
@@ -307,6 +320,9 @@ class SideTrunk(nn.Module):
         pos_rows: rows of the side position embedding (N, or 1+N with the class token).
         block: ``block(config, num_frames)`` makes one side block.
         init_tap: re-initialises each tap after all taps are built (None: PyTorch's default).
+        tap: ``tap(D, C)`` makes one tap (default LayerNorm(D) then Linear(D -> C)).
+        pos_std: standard deviation of the position embedding's normal init.
+        post_norm: end with a BatchNorm over the side tokens.
     """
 
     def __init__(
@@ -320,6 +336,9 @@ class SideTrunk(nn.Module):
         pos_rows: int,
         block: Callable[[SideNetworkConfig, int], nn.Module],
         init_tap: Callable[[SideTap], None] | None = None,
+        tap: Callable[[int, int], nn.Module] = SideTap,
+        pos_std: float = 0.01,
+        post_norm: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
@@ -330,13 +349,13 @@ class SideTrunk(nn.Module):
         c = config.side_dim
         self.stem = SideStem(c, patch_size)
         self.pos_embed = nn.Parameter(torch.empty(pos_rows, c))
-        nn.init.normal_(self.pos_embed, std=0.01)
-        self.taps = nn.ModuleList(SideTap(backbone_width, c) for _ in self.side_layers)
+        nn.init.normal_(self.pos_embed, std=pos_std)
+        self.taps = nn.ModuleList(tap(backbone_width, c) for _ in self.side_layers)
         if init_tap is not None:
-            for tap in self.taps:
-                init_tap(tap)
+            for each in self.taps:
+                init_tap(each)
         self.blocks = nn.ModuleList(block(config, num_frames) for _ in self.side_layers)
-        self.post_norm = TokenBatchNorm(c)
+        self.post_norm = TokenBatchNorm(c) if post_norm else None
 
     @property
     def out_dim(self) -> int:

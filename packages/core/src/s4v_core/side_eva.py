@@ -51,11 +51,11 @@ from torch import nn
 from s4v_core.fused import gelu_mlp
 from s4v_core.side import (
     DepthwiseTemporalConv,
+    ResidualSideBlock,
     SideNetworkConfig,
-    SideStem,
+    SideTrunk,
     TokenBatchNorm,
     run_side_layers,
-    shift_class_tokens,
 )
 
 _POS_EMBED_STD = 0.02  # the EVA path's side position embedding init (the CLIP path: 0.01)
@@ -185,7 +185,7 @@ class EvaSideMlp(nn.Module):
         return self.norm(gelu_mlp(x, self.fc1, self.fc2))
 
 
-class EvaSideBlock(nn.Module):
+class EvaSideBlock(ResidualSideBlock):
     """One post-norm side block: temporal conv, class-token attention, MLP, each residual."""
 
     def __init__(self, config: SideNetworkConfig, num_frames: int) -> None:
@@ -196,14 +196,8 @@ class EvaSideBlock(nn.Module):
         self.attn = EvaSideAttention(c, config.head_dim)
         self.mlp = EvaSideMlp(c, config.mlp_ratio * c)
 
-    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos ``(N, C)`` -> ``(B*T, N, C)``."""
-        x = x + self.temporal(x, self.num_frames)
-        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
-        return x + self.mlp(x)
 
-
-class EvaSideNetwork(nn.Module):
+class EvaSideNetwork(SideTrunk):
     """The EVA-path side network: pixels and per-layer backbone tokens -> one C-dim feature per video.
 
     Same interface as :class:`s4v_core.side.SideNetwork`, so
@@ -230,26 +224,18 @@ class EvaSideNetwork(nn.Module):
         grid: tuple[int, int],
         num_frames: int,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.num_frames = num_frames
-        self.num_layers = num_layers
-        self.side_layers = config.layers(num_layers)
-        self.grad_checkpointing = config.grad_checkpointing
-        c = config.side_dim
-        self.stem = SideStem(c, patch_size)
-        self.pos_embed = nn.Parameter(torch.empty(grid[0] * grid[1], c))
-        nn.init.normal_(self.pos_embed, std=_POS_EMBED_STD)
-        self.taps = nn.ModuleList(EvaSideTap(backbone_width, c) for _ in self.side_layers)
-        self.blocks = nn.ModuleList(EvaSideBlock(config, num_frames) for _ in self.side_layers)
-
-    @property
-    def out_dim(self) -> int:
-        return self.config.side_dim
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each side block in backward (True) or keep its activations (False)."""
-        self.grad_checkpointing = enable
+        super().__init__(
+            config,
+            backbone_width=backbone_width,
+            num_layers=num_layers,
+            patch_size=patch_size,
+            num_frames=num_frames,
+            pos_rows=grid[0] * grid[1],
+            block=EvaSideBlock,
+            tap=EvaSideTap,
+            pos_std=_POS_EMBED_STD,
+            post_norm=False,  # the reference's EVA path has no side_post_bn
+        )
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Video features.

@@ -31,12 +31,12 @@ from torch import nn
 from s4v_core.assembly import side_network_on
 from s4v_core.backbone import FrozenViT
 from s4v_core.side import (
+    ResidualSideBlock,
     SideMlp,
     SideNetworkConfig,
     SideTrunk,
     TemporalConv,
     run_side_layers,
-    shift_class_tokens,
 )
 
 _BERT_STD = 0.02  # CLIP4Clip's init for every nn.Linear
@@ -72,7 +72,7 @@ class RetrievalSideAttention(nn.Module):
         return self.out_proj(rearrange(out, "m h n d -> m n (h d)"))
 
 
-class RetrievalSideBlock(nn.Module):
+class RetrievalSideBlock(ResidualSideBlock):
     """Temporal conv, class-token attention and MLP, each a residual branch on the patch tokens."""
 
     def __init__(self, config: SideNetworkConfig, num_frames: int) -> None:
@@ -87,12 +87,6 @@ class RetrievalSideBlock(nn.Module):
         nn.init.normal_(self.temporal.conv_out.weight, std=_BERT_STD)
         _bert_init(self.mlp.fc1)
         _bert_init(self.mlp.fc2)
-
-    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos ``(1+N, C)`` -> ``(B*T, N, C)``."""
-        x = x + self.temporal(x, self.num_frames)
-        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
-        return x + self.mlp(x)
 
 
 class RetrievalSideNetwork(SideTrunk):
