@@ -156,21 +156,33 @@ def convert_reference_state(
             f"{source}: unknown key {unknown[0]!r} ({len(unknown)} unknown keys) for preset "
             f"layout with {model.encoder.side.num_layers} layers"
         )
+    return _renamed(state, mapping, model.state_dict(), source)
+
+
+def _renamed(
+    state: dict[str, torch.Tensor],
+    mapping: dict[str, str],
+    expected: dict[str, torch.Tensor],
+    source: str,
+) -> dict[str, torch.Tensor]:
+    """``state`` under ``mapping``'s names, Conv3d weights squeezed to s4v's shapes.
+
+    Raises:
+        ValueError: naming the first missing key or wrongly shaped tensor.
+    """
     missing = [key for key in mapping if key not in state]
     if missing:
         raise ValueError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing keys)")
-    expected = model.state_dict()
     converted = {}
     for reference, ours in mapping.items():
-        tensor = state[reference]
-        target = expected[ours].shape
+        tensor, target = state[reference], expected[ours].shape
         reshapable = any(ours.endswith(name) for name in _RESHAPED)
         if reshapable and tensor.dim() == 5 and _squeezed(tensor.shape) == _squeezed(target):
             tensor = tensor.reshape(target)
         if tensor.shape != target:
             raise ValueError(
                 f"{source}: key {reference!r} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[ours].shape)}"
+                f"expected {tuple(target)}"
             )
         converted[ours] = tensor
     return converted
@@ -414,23 +426,7 @@ def convert_eva_side_state(
             f"{source}: unknown EVA side key {unknown[0]!r} ({len(unknown)} unknown keys) for "
             f"side layers {side.side_layers}"
         )
-    missing = [key for key in mapping if key not in state]
-    if missing:
-        raise ValueError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing keys)")
-    expected = side.state_dict()
-    converted = {}
-    for reference, ours in mapping.items():
-        tensor, target = state[reference], expected[ours].shape
-        reshapable = any(ours.endswith(name) for name in _RESHAPED)
-        if reshapable and tensor.dim() == 5 and _squeezed(tensor.shape) == _squeezed(target):
-            tensor = tensor.reshape(target)
-        if tensor.shape != target:
-            raise ValueError(
-                f"{source}: key {reference!r} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(target)}"
-            )
-        converted[ours] = tensor
-    return converted
+    return _renamed(state, mapping, side.state_dict(), source)
 
 
 def _as_conv3d(key: str, tensor: torch.Tensor) -> torch.Tensor:
