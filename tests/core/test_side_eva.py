@@ -10,8 +10,8 @@ from einops import rearrange
 from s4v_core.assembly import side_network_on
 from s4v_core.backbone import build_backbone
 from s4v_core.memory import SavedTensorMeter
-from s4v_core.side import SideNetworkConfig, TokenBatchNorm
-from s4v_core.side_eva import EvaSideBlock, EvaSideNetwork, EvaSideTap, odd_layers
+from s4v_core.side import SideNetworkConfig, TokenBatchNorm, odd_layers
+from s4v_core.side_eva import EvaSideBlock, EvaSideNetwork, EvaSideTap
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from s4v_core.backbone import create_clip, file_sha256
-from s4v_core.side import SideNetworkConfig
-from s4v_core.side_eva import EvaSideNetwork, odd_layers
+from s4v_core.side import SideNetworkConfig, odd_layers
+from s4v_core.side_eva import EvaSideNetwork
 from s4v_recognition import (
     VideoClassifier,
     build_model,

@@ -9,7 +9,6 @@ from s4v_core.memory import SavedTensorMeter
 from s4v_core.side import SideNetwork, SideNetworkConfig
 from s4v_core.side_eva import EvaSideNetwork
 from s4v_recognition import METHODS, PRESETS, VideoClassifier, build_model
-from s4v_recognition.encoders import side_layers_for
 
 K = 5
 
@@ -50,7 +49,7 @@ def test_every_preset_side_network_maps_tokens_to_features_at_its_real_widths(na
         SideNetworkConfig(
             side_dim=preset.side_dim,
             head_dim=preset.head_dim,
-            side_layers=side_layers_for(preset, layers),
+            side_layers=preset.side_layers,
         ),
         backbone_width=width,
         num_layers=layers,

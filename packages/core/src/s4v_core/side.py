@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,18 @@ from s4v_core.recompute import recompute
 _REFERENCE_PROJ_DEPTH = 24
 
 
+def odd_layers(num_layers: int) -> tuple[int, ...]:
+    """The 0-based odd layers ``(1, 3, ...)`` of a ``num_layers``-deep backbone.
+
+    The reference's EVA path builds side modules after these only (its ``drop_layer`` is
+    ``range(0, num_layers, 2)``): 32 for the 64-layer ViT-E/14. ``side_layers="odd"`` in
+    :class:`SideNetworkConfig` resolves to them.
+    """
+    if num_layers < 2:
+        raise ValueError(f"a backbone needs at least 2 layers to have an odd one, got {num_layers}")
+    return tuple(range(1, num_layers, 2))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SideNetworkConfig:
     """Shape of the side network; the backbone's width, depth and grid are given separately."""
@@ -48,8 +60,9 @@ class SideNetworkConfig:
     side_dim: int = 320  # C, the side network's width (320 for B/32 and B/16, 512 for L/14)
     head_dim: int = 64  # attention head width; heads = side_dim // head_dim (reference: 64)
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * side_dim
-    # Backbone layers (0-based) followed by a side block; None = every layer, as in the reference.
-    side_layers: tuple[int, ...] | None = None
+    # Backbone layers (0-based) followed by a side block: None = every layer (the reference's CLIP
+    # path), "odd" = 1, 3, ... (its EVA path, see odd_layers), or the layers themselves.
+    side_layers: tuple[int, ...] | Literal["odd"] | None = None
     # Recompute each side block in backward instead of keeping its activations.
     grad_checkpointing: bool = False
 
@@ -58,13 +71,18 @@ class SideNetworkConfig:
             raise ValueError(
                 f"side_dim ({self.side_dim}) must be a positive multiple of head_dim ({self.head_dim})"
             )
-        if self.side_layers is not None and (
+        if isinstance(self.side_layers, str):
+            if self.side_layers != "odd":
+                raise ValueError(f"side_layers must be 'odd', None or layers: {self.side_layers!r}")
+        elif self.side_layers is not None and (
             not self.side_layers or sorted(set(self.side_layers)) != list(self.side_layers)
         ):
             raise ValueError(f"side_layers must be increasing and non-empty: {self.side_layers}")
 
     def layers(self, num_layers: int) -> tuple[int, ...]:
         """The backbone layers with a side block, checked against the backbone depth."""
+        if self.side_layers == "odd":
+            return odd_layers(num_layers)
         layers = tuple(range(num_layers)) if self.side_layers is None else self.side_layers
         if layers[0] < 0 or layers[-1] >= num_layers:
             raise ValueError(f"side_layers {layers} out of range for a {num_layers}-layer backbone")
@@ -307,23 +325,25 @@ def run_side_layers(
 class SideTrunk(nn.Module):
     """The parts every side network variant has, built in one order (so seeded inits agree).
 
-    A 3-D conv stem, a side position embedding of ``pos_rows`` rows (N(0, pos_std^2)), one tap and
-    one block per side layer and (unless ``post_norm=False``) a final BatchNorm;
-    :func:`run_side_layers` runs them.
+    A 3-D conv stem, a side position embedding (N(0, ``pos_std``^2); one row per patch, plus one
+    for the class token if ``class_token_row``), one ``tap`` and one ``block`` per side layer and,
+    if ``post_norm``, a final BatchNorm; :func:`run_side_layers` runs them. A variant states its
+    parts as these class attributes and overrides :meth:`init_tap` if its taps start otherwise.
 
     Args:
         config: side width, heads, which layers get blocks, checkpointing.
         backbone_width: D, the backbone's token width.
         num_layers: L, the backbone's depth.
         patch_size: the backbone's patch size p (the stem uses the same patch grid).
+        grid: the backbone's patch grid (h, w); N = h * w.
         num_frames: T; the temporal conv and class-token shift need to know where videos start.
-        pos_rows: rows of the side position embedding (N, or 1+N with the class token).
-        block: ``block(config, num_frames)`` makes one side block.
-        init_tap: re-initialises each tap after all taps are built (None: PyTorch's default).
-        tap: ``tap(D, C)`` makes one tap (default LayerNorm(D) then Linear(D -> C)).
-        pos_std: standard deviation of the position embedding's normal init.
-        post_norm: end with a BatchNorm over the side tokens.
     """
+
+    block: Callable[[SideNetworkConfig, int], nn.Module]  # block(config, T): one side block
+    tap: Callable[[int, int], nn.Module] = SideTap  # tap(D, C): LayerNorm(D) then Linear(D -> C)
+    class_token_row: bool = False
+    pos_std: float = 0.01
+    post_norm_layer: bool = True
 
     def __init__(
         self,
@@ -332,13 +352,8 @@ class SideTrunk(nn.Module):
         backbone_width: int,
         num_layers: int,
         patch_size: int,
+        grid: tuple[int, int],
         num_frames: int,
-        pos_rows: int,
-        block: Callable[[SideNetworkConfig, int], nn.Module],
-        init_tap: Callable[[SideTap], None] | None = None,
-        tap: Callable[[int, int], nn.Module] = SideTap,
-        pos_std: float = 0.01,
-        post_norm: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
@@ -348,14 +363,17 @@ class SideTrunk(nn.Module):
         self.grad_checkpointing = config.grad_checkpointing
         c = config.side_dim
         self.stem = SideStem(c, patch_size)
-        self.pos_embed = nn.Parameter(torch.empty(pos_rows, c))
-        nn.init.normal_(self.pos_embed, std=pos_std)
-        self.taps = nn.ModuleList(tap(backbone_width, c) for _ in self.side_layers)
-        if init_tap is not None:
-            for each in self.taps:
-                init_tap(each)
-        self.blocks = nn.ModuleList(block(config, num_frames) for _ in self.side_layers)
-        self.post_norm = TokenBatchNorm(c) if post_norm else None
+        rows = grid[0] * grid[1] + (1 if self.class_token_row else 0)
+        self.pos_embed = nn.Parameter(torch.empty(rows, c))
+        nn.init.normal_(self.pos_embed, std=self.pos_std)
+        self.taps = nn.ModuleList(type(self).tap(backbone_width, c) for _ in self.side_layers)
+        for tap in self.taps:
+            self.init_tap(tap)
+        self.blocks = nn.ModuleList(type(self).block(config, num_frames) for _ in self.side_layers)
+        self.post_norm = TokenBatchNorm(c) if self.post_norm_layer else None
+
+    def init_tap(self, tap: nn.Module) -> None:
+        """Re-initialise a tap once all taps exist; PyTorch's default init stays by default."""
 
     @property
     def out_dim(self) -> int:
@@ -368,34 +386,10 @@ class SideTrunk(nn.Module):
 class SideNetwork(SideTrunk):
     """The side network: pixels and per-layer backbone tokens -> one C-dim feature per video.
 
-    Args:
-        config: side width, heads, which layers get blocks, checkpointing.
-        backbone_width: D, the backbone's token width.
-        num_layers: L, the backbone's depth.
-        patch_size: the backbone's patch size p (the stem uses the same patch grid).
-        grid: the backbone's patch grid (h, w); N = h * w.
-        num_frames: T; the temporal conv and class-token shift need to know where videos start.
+    Constructor arguments are :class:`SideTrunk`'s.
     """
 
-    def __init__(
-        self,
-        config: SideNetworkConfig,
-        *,
-        backbone_width: int,
-        num_layers: int,
-        patch_size: int,
-        grid: tuple[int, int],
-        num_frames: int,
-    ) -> None:
-        super().__init__(
-            config,
-            backbone_width=backbone_width,
-            num_layers=num_layers,
-            patch_size=patch_size,
-            num_frames=num_frames,
-            pos_rows=grid[0] * grid[1],
-            block=SideBlock,
-        )
+    block = SideBlock
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Video features.

@@ -3,7 +3,7 @@
 Paper: Side4Video, arXiv 2311.15769. Reference: github.com/HJYao00/Side4Video @ 5d72352,
 ``Recognition/eva_clip/eva_vit_model.py`` (spec section 1.8; the CLIP-path network it differs from
 is :mod:`s4v_core.side`, spec sections 1.3-1.4). Per backbone layer ``i`` in ``side_layers`` (the
-reference: the odd layers 1, 3, ..., 63 of the 64-layer E/14, see :func:`odd_layers`):
+reference: the odd layers 1, 3, ..., 63 of the 64-layer E/14, ``side_layers="odd"``):
 
     y = LayerNorm_i(Linear_i(backbone_tokens_i))         # (B*T, 1+N, D) -> (B*T, 1+N, C)
     x = 0.5 * x + 0.5 * y[:, 1:]                          # fixed fusion on patch tokens
@@ -59,18 +59,6 @@ from s4v_core.side import (
 )
 
 _POS_EMBED_STD = 0.02  # the EVA path's side position embedding init (the CLIP path: 0.01)
-
-
-def odd_layers(num_layers: int) -> tuple[int, ...]:
-    """The 0-based odd layers ``(1, 3, ...)`` of a ``num_layers``-deep backbone.
-
-    The reference's EVA path builds side modules after these only (its ``drop_layer`` is
-    ``range(0, num_layers, 2)``): 32 for the 64-layer ViT-E/14. Pass the tuple as
-    ``SideNetworkConfig.side_layers``.
-    """
-    if num_layers < 2:
-        raise ValueError(f"a backbone needs at least 2 layers to have an odd one, got {num_layers}")
-    return tuple(range(1, num_layers, 2))
 
 
 class _CastLinear(torch.autograd.Function):
@@ -202,40 +190,17 @@ class EvaSideNetwork(SideTrunk):
 
     Same interface as :class:`s4v_core.side.SideNetwork`, so
     ``s4v_core.assembly.side_network_on(EvaSideNetwork, config, backbone, num_frames=T)`` builds
-    it. For the reference's layout pass ``config.side_layers=odd_layers(num_layers)``;
+    it. For the reference's layout pass ``config.side_layers="odd"``;
     ``side_layers=None`` means every layer, as everywhere else.
 
-    Args:
-        config: side width, heads, MLP ratio, which layers get blocks, checkpointing.
-        backbone_width: D, the backbone's token width (1792 for ViT-E/14).
-        num_layers: L, the backbone's depth (64 for ViT-E/14).
-        patch_size: the backbone's patch size p (the stem uses the same patch grid).
-        grid: the backbone's patch grid (h, w); N = h * w.
-        num_frames: T; the temporal conv and class-token shift need to know where videos start.
+    Constructor arguments are :class:`~s4v_core.side.SideTrunk`'s (D = 1792 and L = 64 for
+    ViT-E/14).
     """
 
-    def __init__(
-        self,
-        config: SideNetworkConfig,
-        *,
-        backbone_width: int,
-        num_layers: int,
-        patch_size: int,
-        grid: tuple[int, int],
-        num_frames: int,
-    ) -> None:
-        super().__init__(
-            config,
-            backbone_width=backbone_width,
-            num_layers=num_layers,
-            patch_size=patch_size,
-            num_frames=num_frames,
-            pos_rows=grid[0] * grid[1],
-            block=EvaSideBlock,
-            tap=EvaSideTap,
-            pos_std=_POS_EMBED_STD,
-            post_norm=False,  # the reference's EVA path has no side_post_bn
-        )
+    block = EvaSideBlock
+    tap = EvaSideTap
+    pos_std = _POS_EMBED_STD
+    post_norm_layer = False  # the reference's EVA path has no side_post_bn
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Video features.

@@ -92,29 +92,14 @@ class RetrievalSideBlock(ResidualSideBlock):
 class RetrievalSideNetwork(SideTrunk):
     """Pixels and per-layer backbone tokens -> one C-dim side feature per frame ``(B, T, C)``.
 
-    Args are those of :class:`s4v_core.side.SideNetwork`.
+    Constructor arguments are :class:`~s4v_core.side.SideTrunk`'s.
     """
 
-    def __init__(
-        self,
-        config: SideNetworkConfig,
-        *,
-        backbone_width: int,
-        num_layers: int,
-        patch_size: int,
-        grid: tuple[int, int],
-        num_frames: int,
-    ) -> None:
-        super().__init__(
-            config,
-            backbone_width=backbone_width,
-            num_layers=num_layers,
-            patch_size=patch_size,
-            num_frames=num_frames,
-            pos_rows=1 + grid[0] * grid[1],  # the class token has a row too
-            block=RetrievalSideBlock,
-            init_tap=lambda tap: _bert_init(tap.proj),
-        )
+    block = RetrievalSideBlock
+    class_token_row = True  # the position embedding has a row for the class token too
+
+    def init_tap(self, tap: nn.Module) -> None:
+        _bert_init(tap.proj)
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Per-frame side features.

@@ -22,7 +22,7 @@ from s4v_core.assembly import check_image_size, side_network_on
 from s4v_core.backbone import FrozenTower, build_backbone, create_clip
 from s4v_core.backbone_eva import FrozenEVA, image_embed_dim
 from s4v_core.side import SideNetwork, SideNetworkConfig
-from s4v_core.side_eva import EvaSideNetwork, odd_layers
+from s4v_core.side_eva import EvaSideNetwork
 
 if TYPE_CHECKING:
     from s4v_recognition.presets import RecognitionPreset
@@ -76,11 +76,6 @@ class FrameMeanEncoder(nn.Module):
 _DTYPES = {None: None, "bf16": torch.bfloat16}
 
 
-def side_layers_for(spec: RecognitionPreset, num_layers: int) -> tuple[int, ...] | None:
-    """The preset's side layers as SideNetworkConfig takes them ("odd" resolved for the depth)."""
-    return odd_layers(num_layers) if spec.side_layers == "odd" else spec.side_layers
-
-
 def side4video(spec: RecognitionPreset, pretrained: str | None, grad_checkpointing: bool) -> Built:
     """Frozen backbone + side network (Side4Video); the EVA side network on an EVA-02 backbone."""
     backbone = build_backbone(spec.backbone, pretrained, weights_dtype=_DTYPES[spec.backbone_dtype])
@@ -88,7 +83,7 @@ def side4video(spec: RecognitionPreset, pretrained: str | None, grad_checkpointi
     config = SideNetworkConfig(
         side_dim=spec.side_dim,
         head_dim=spec.head_dim,
-        side_layers=side_layers_for(spec, backbone.num_layers),
+        side_layers=spec.side_layers,
         grad_checkpointing=grad_checkpointing or spec.grad_checkpointing,
     )
     # The reference's EVA variant is its own side design (spec 1.8), chosen by the backbone.

@@ -56,7 +56,7 @@ from s4v_core.memory import SavedTensorMeter
 from s4v_core.side import SideNetwork, SideNetworkConfig
 from s4v_core.side_eva import EvaSideNetwork
 from s4v_recognition.benchmark import PRECISIONS
-from s4v_recognition.encoders import SideVideoEncoder, side_layers_for
+from s4v_recognition.encoders import SideVideoEncoder
 from s4v_recognition.model import VideoClassifier, build_model
 from s4v_recognition.presets import RecognitionPreset, get_preset
 
@@ -247,7 +247,7 @@ def reduced_depth_model(
     config = SideNetworkConfig(
         side_dim=spec.side_dim,
         head_dim=spec.head_dim,
-        side_layers=side_layers_for(spec, depth),
+        side_layers=spec.side_layers,
         grad_checkpointing=checkpointing,
     )
     network = EvaSideNetwork if isinstance(backbone, FrozenEVA) else SideNetwork

@@ -22,7 +22,6 @@ from torch import nn
 from s4v_core.assembly import TrainableModule, check_image_size, log_built, with_overrides
 from s4v_core.backbone import create_clip, freeze_image_tower
 from s4v_core.side import SideNetworkConfig
-from s4v_core.side_eva import odd_layers
 from s4v_core.side_retrieval import RetrievalVideoTower, build_retrieval_video_tower
 from s4v_retrieval.presets import RetrievalPreset, get_method, get_preset
 from s4v_retrieval.similarity import (
@@ -161,9 +160,7 @@ def build_model(
         side_config = SideNetworkConfig(
             side_dim=spec.side_dim,
             head_dim=spec.head_dim,
-            side_layers=odd_layers(backbone.num_layers)
-            if spec.side_layers == "odd"
-            else spec.side_layers,
+            side_layers=spec.side_layers,
             grad_checkpointing=grad_checkpointing,
         )
     video = build_retrieval_video_tower(backbone, side_config, num_frames=spec.num_frames)
