@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 from s4v_data.specs import TASK_DATASETS
-from s4v_orchestration.config import ConfigError
+from s4v_orchestration.config import MODEL_REGISTRIES, ConfigError
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -157,22 +157,12 @@ def model_recipe(task: str, dataset: str, preset: str) -> dict[str, Any]:
         return {}
     change: dict[str, Any] = {}
     if recipe_model.get("pretrained") is not None:
-        registry = _model_presets(task)
+        registry, _ = MODEL_REGISTRIES[task]
         if preset in registry:
             change = {"model": {"pretrained": registry[preset].pretrained}}
     if task == "recognition":
         change = deep_merge(change, MODEL_RECIPES.get(preset, {}).get(dataset, {}))
     return change
-
-
-def _model_presets(task: str) -> dict[str, Any]:
-    if task == "retrieval":
-        import s4v_retrieval
-
-        return s4v_retrieval.PRESETS
-    import s4v_recognition
-
-    return s4v_recognition.PRESETS
 
 
 def preset_config(task: str, dataset: str) -> dict[str, Any]:
