@@ -41,17 +41,17 @@ def test_tiny_eva_trains_side_and_head_only_and_the_backbone_saves_nothing(one_t
 def test_bf16_backbone_weights_give_the_fp32_logits_within_bf16_tolerance(one_thread) -> None:
     from dataclasses import replace
 
-    import s4v_recognition.presets as presets
+    from s4v_recognition import VideoClassifier, encoders
 
     torch.manual_seed(0)
     fp32 = build_model("tiny-eva", 5).eval()
+    # The same preset with bf16 backbone weights, built through the side4video builder.
     bf16_preset = replace(get_preset("tiny-eva"), backbone_dtype="bf16")
-    presets.PRESETS["tiny-eva-bf16"] = bf16_preset
-    try:
-        torch.manual_seed(0)
-        bf16 = build_model("tiny-eva-bf16", 5).eval()
-    finally:
-        del presets.PRESETS["tiny-eva-bf16"]
+    torch.manual_seed(0)
+    encoder, identity = encoders.side4video(bf16_preset, None, False)
+    bf16 = VideoClassifier(
+        encoder, 5, method="side4video", preset=bf16_preset, backbone_identity=identity
+    ).eval()
     assert next(bf16.encoder.backbone.parameters()).dtype == torch.bfloat16
     bf16.load_trainable_state_dict(fp32.trainable_state_dict())
     with torch.no_grad():
