@@ -94,6 +94,25 @@ def check_data_files(config: RunConfig, *, need_train: bool = True) -> None:
         )
 
 
+def build_recognition_model(config: RunConfig, num_classes: int) -> nn.Module:
+    """The classifier ``config.model`` describes, with ``num_classes`` outputs, built exactly as a
+    run builds it (a random backbone is seeded from ``config.seed``), before any weights load."""
+    return build_from_seed(
+        config,
+        lambda: build_model(
+            config.model.preset,
+            num_classes,
+            method=config.model.method,
+            pretrained=config.model.pretrained,
+            num_frames=config.data.num_frames,
+            side_dim=config.model.side_dim,
+            grad_checkpointing=config.model.grad_checkpointing,
+            dropout=config.model.dropout,
+            side_layers=config.model.side_layers,
+        ),
+    )
+
+
 class RecognitionTask(Task):
     """Video classification with label-smoothed cross-entropy; best checkpoint by val top-1."""
 
@@ -149,20 +168,7 @@ class RecognitionTask(Task):
                 f"{self.num_classes}; evaluate it on the dataset it was trained for"
             )
         if model is None:
-            model = build_from_seed(
-                config,
-                lambda: build_model(
-                    config.model.preset,
-                    self.num_classes,
-                    method=config.model.method,
-                    pretrained=config.model.pretrained,
-                    num_frames=config.data.num_frames,
-                    side_dim=config.model.side_dim,
-                    grad_checkpointing=config.model.grad_checkpointing,
-                    dropout=config.model.dropout,
-                    side_layers=config.model.side_layers,
-                ),
-            )
+            model = build_recognition_model(config, self.num_classes)
         self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
         return TaskParts(
             model=model,

@@ -53,6 +53,26 @@ def _unwrap(model: nn.Module) -> RetrievalModel:
     return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
 
 
+def build_retrieval_model(config: RunConfig) -> RetrievalModel:
+    """The retrieval model ``config`` describes, built exactly as a run builds it (a random
+    backbone is seeded from ``config.seed``), before any weights load."""
+    retrieval = config.retrieval
+    return build_from_seed(
+        config,
+        lambda: build_model(
+            config.model.preset,
+            method=config.model.method,
+            pretrained=config.model.pretrained,
+            num_frames=config.data.num_frames,
+            side_dim=config.model.side_dim,
+            max_words=retrieval.max_words,
+            similarity=retrieval.similarity,
+            train_text=retrieval.train_text,
+            grad_checkpointing=config.model.grad_checkpointing,
+        ),
+    )
+
+
 class RetrievalTask(Task):
     """Video-text contrastive training; best checkpoint by validation text-to-video R@1."""
 
@@ -105,20 +125,7 @@ class RetrievalTask(Task):
         self.config = config
         retrieval = config.retrieval
         if model is None:
-            model = build_from_seed(
-                config,
-                lambda: build_model(
-                    config.model.preset,
-                    method=config.model.method,
-                    pretrained=config.model.pretrained,
-                    num_frames=config.data.num_frames,
-                    side_dim=config.model.side_dim,
-                    max_words=retrieval.max_words,
-                    similarity=retrieval.similarity,
-                    train_text=retrieval.train_text,
-                    grad_checkpointing=config.model.grad_checkpointing,
-                ),
-            )
+            model = build_retrieval_model(config)
         layout = RETRIEVAL_LAYOUTS[config.data.dataset]
         common = dict(
             num_frames=config.data.num_frames,

@@ -6,6 +6,7 @@ stdin/stdout:
 
 * ``("open", path, num_threads)`` -> ``("ok", num_frames)``
 * ``("get", indices)`` -> ``("ok", frames (U, H, W, 3) uint8)`` from the last opened video
+* ``("fps",)`` -> ``("ok", average frames per second)`` of the last opened video
 * ``("extract", video, frame_dir, tmp_root, settings)`` -> ``("ok", frames written)``
 * any failure -> ``("error", message)``
 
@@ -124,6 +125,10 @@ def _handle(request, state):
         if state.get("reader") is None:
             raise RuntimeError("no video is open")
         return state["reader"].get_batch(request[1]).asnumpy()
+    if kind == "fps":
+        if state.get("reader") is None:
+            raise RuntimeError("no video is open")
+        return float(state["reader"].get_avg_fps())
     if kind == "extract":
         video, frame_dir, tmp_root, settings = request[1:]
         return extract_video(video, frame_dir, tmp_root, **settings)

@@ -149,6 +149,21 @@ class IsolatedVideoReader:
         array = self._request(path, ("get", unique))
         return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), positions
 
+    def probe(self, path: str | Path) -> tuple[int, float]:
+        """Open ``path`` in the helper: its frame count and average frame rate.
+
+        The file stays open for :meth:`frames`.
+        """
+        n = self._request(path, ("open", str(path), self.num_threads))
+        if n < 1:
+            raise DecodeError(f"{path}: the video has no frames")
+        return n, self._request(path, ("fps",))
+
+    def frames(self, path: str | Path, indices: Sequence[int]) -> torch.Tensor:
+        """Frames ``(U, 3, H, W)`` uint8 at ``indices`` of the file :meth:`probe` opened last."""
+        array = self._request(path, ("get", list(indices)))
+        return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
     def _request(self, path: str | Path, message: tuple) -> Any:
         try:
             return self._helper.request(message, self.timeout)
