@@ -55,11 +55,11 @@ def write_checkpoint(config: RunConfig, path: Path) -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def captioned_root(tmp_path_factory) -> Path:
-    """The captioned synthetic set at test size: 8 classes x 2 videos, 16 frames of 32 px."""
+    """The captioned synthetic set at test size: 8 classes x 5 videos, 16 frames of 32 px."""
     from s4v_data.synthetic import generate
 
     root = tmp_path_factory.mktemp("captioned") / "data"
-    generate(root, seed=0, videos_per_class=2, num_frames=16, size=32, captions=True)
+    generate(root, seed=0, videos_per_class=5, num_frames=16, size=32, captions=True)
     return root
 
 

@@ -98,3 +98,23 @@ def test_recognizer_predicts_a_frame_folder_and_a_tensor(recognition_checkpoint,
     with torch.no_grad():
         expected = trained(views[None]).softmax(-1)[0]
     assert torch.allclose(probs, expected, atol=1e-6)
+
+
+def test_retriever_scores_like_the_model(retrieval_checkpoint, captioned_root, one_thread):
+    from s4v_orchestration.inference import load_retriever
+
+    path, trained, _ = retrieval_checkpoint
+    retriever = load_retriever(path)
+    folders = sorted((captioned_root / "rawframes").iterdir())[:3]
+    frames = torch.stack([retriever.embed_video(folder) for folder in folders])
+    text = retriever.embed_texts(["a red square moves from left to right"])
+    scores = retriever.scores(text, frames)
+    assert scores.shape == (1, 3)
+    ranked = retriever.search("a red square moves from left to right", folders, k=3)
+    assert [score for _, score in ranked] == sorted(scores[0].tolist(), reverse=True)
+    # The embeddings are those of the trained model, not of a fresh build.
+    clips = torch.randn(1, 8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(
+            retriever.model.encode_video(clips).frames, trained.encode_video(clips).frames
+        )
