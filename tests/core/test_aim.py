@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,12 +12,21 @@ from torch import nn
 from s4v_core.assembly import TrainableModule
 from s4v_core.backbone import create_clip
 from s4v_core.memory import SavedTensorMeter
-from s4v_core.methods.aim import Adapter, AIMBlock, AIMConfig, AIMEncoder, build
+from s4v_core.methods.aim import Adapter, AIMBlock, AIMConfig, AIMEncoder
+from s4v_recognition.config import RecognitionPreset
+from s4v_recognition.encoders import aim as build
+from s4v_recognition.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+def _preset(**fields) -> RecognitionPreset:
+    """The tiny recognition preset with ``fields`` changed (the method's builder reads a preset)."""
+    return replace(get_preset("tiny"), **fields)
+
+
 B, T, SIZE = 2, 8, 32
-TINY = SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=SIZE)
+TINY = _preset(backbone="s4v-tiny", num_frames=T, image_size=SIZE)
 
 
 def _frames(seed: int = 1, batch: int = B, frames: int = T, size: int = SIZE) -> torch.Tensor:
@@ -75,7 +84,7 @@ def test_wrong_frame_count_image_size_or_setting_raises_value_error() -> None:
     with pytest.raises(ValueError, match=r"expects frames \(B, T, 3, 32, 32\)"):
         encoder(_frames(size=16))
     with pytest.raises(ValueError, match="image_size"):
-        build(SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=64), None, False)
+        build(_preset(backbone="s4v-tiny", num_frames=T, image_size=64), None, False)
     with pytest.raises(ValueError, match="num_tadapter"):
         AIMConfig(num_frames=T, num_tadapter=3)
 
@@ -147,7 +156,7 @@ def test_trainable_state_dict_holds_exactly_what_aim_trains_and_loads_back() -> 
 def test_trainable_parameters_match_paper_tables_on_meta(
     backbone: str, num_tadapter: int, classes: int, expected: int, paper_m: int
 ) -> None:
-    spec = SimpleNamespace(backbone=backbone, num_frames=8, image_size=224)
+    spec = _preset(backbone=backbone, num_frames=8, image_size=224)
     with torch.device("meta"):
         if num_tadapter == 2:  # the builder's (default) configuration
             encoder, _ = build(spec, None, False)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from s4v_core import backbone as backbone_module
-from s4v_core.backbone import FrozenViT, build_backbone, create_clip
+from s4v_core import backbone_vit as backbone_module
+from s4v_core.backbone import build_backbone, create_clip
+from s4v_core.backbone_vit import FrozenViT
 from s4v_core.memory import SavedTensorMeter
 
 

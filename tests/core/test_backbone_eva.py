@@ -12,14 +12,10 @@ import torch
 from timm.models.eva import Eva, EvaBlock, EvaBlockPostNorm
 
 from s4v_core.assembly import side_network_on
-from s4v_core.backbone import FrozenViT, ViTGeometry, build_backbone, create_clip
-from s4v_core.backbone_eva import (
-    TINY_EVA_MODEL,
-    TINY_EVA_TRUNK,
-    FrozenEVA,
-    eva_geometry,
-    is_eva_tower,
-)
+from s4v_core.backbone import build_backbone, create_clip
+from s4v_core.backbone_eva import FrozenEVA, ViTGeometry, eva_geometry, is_eva_tower
+from s4v_core.backbone_vit import FrozenViT
+from s4v_core.clip_configs import TINY_EVA_MODEL, TINY_EVA_TRUNK
 from s4v_core.memory import SavedTensorMeter
 from s4v_core.side import SideNetwork, SideNetworkConfig
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from s4v_core.backbone import FrozenViT, build_backbone
+from s4v_core.backbone import build_backbone
+from s4v_core.backbone_vit import FrozenViT
 from s4v_core.memory import SavedTensorMeter
 from s4v_core.methods.dist import (
     DiSTConfig,
@@ -18,13 +19,21 @@ from s4v_core.methods.dist import (
     IntegrationFFN,
     IntegrationToTemporal,
     TemporalToIntegration,
-    build,
 )
+from s4v_recognition.config import RecognitionPreset
+from s4v_recognition.encoders import dist as build
+from s4v_recognition.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+def _preset(**fields) -> RecognitionPreset:
+    """The tiny recognition preset with ``fields`` changed (the method's builder reads a preset)."""
+    return replace(get_preset("tiny"), **fields)
+
+
 B, T = 2, 8
-TINY = SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=32)
+TINY = _preset(backbone="s4v-tiny", num_frames=T, image_size=32)
 
 
 def _frames(seed: int = 1, frames: int = T) -> torch.Tensor:
@@ -61,7 +70,7 @@ def test_builder_maps_tiny_video_to_finite_float32_features_and_rejects_wrong_sh
     with pytest.raises(ValueError, match="expected frames"):
         encoder(_frames(frames=T - 2))
     with pytest.raises(ValueError, match="image_size"):
-        build(SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=64), None, False)
+        build(_preset(backbone="s4v-tiny", num_frames=T, image_size=64), None, False)
     with pytest.raises(ValueError, match="multiple of alpha"):
         DiSTEncoder(DiSTConfig(alpha=3), build_backbone("s4v-tiny"), num_frames=T, embed_dim=64)
 
@@ -98,9 +107,7 @@ def test_trainable_parameters_with_a_174_way_head_match_the_paper(
     backbone: str, paper: float, ours: int
 ) -> None:
     with torch.device("meta"):
-        encoder, _ = build(
-            SimpleNamespace(backbone=backbone, num_frames=8, image_size=224), None, False
-        )
+        encoder, _ = build(_preset(backbone=backbone, num_frames=8, image_size=224), None, False)
         head = nn.Linear(encoder.out_dim, 174)
     assert all(p.is_meta for p in encoder.parameters())  # nothing was allocated
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,12 +16,22 @@ from s4v_core.methods.evl import (
     EVLEncoder,
     TemporalCrossAttention,
     adjacent_frame_attention,
-    build,
     frozen_block_with_attention,
     relative_offset_index,
 )
+from s4v_recognition.config import RecognitionPreset
+from s4v_recognition.encoders import evl as build
+from s4v_recognition.presets import get_preset
 
-TINY = SimpleNamespace(backbone="s4v-tiny", num_frames=8, image_size=32)
+
+def _preset(**fields) -> RecognitionPreset:
+    """The tiny recognition preset with ``fields`` changed (the method's builder reads a preset)."""
+    return replace(get_preset("tiny"), **fields)
+
+
+TINY = _preset(backbone="s4v-tiny", num_frames=8, image_size=32)
+
+
 B, T, K = 2, 8, 5
 
 
@@ -56,7 +66,7 @@ def test_wrong_frame_count_or_size_raises_a_clear_error() -> None:
     with pytest.raises(ValueError, match="32x32"):
         encoder(torch.randn(1, 8, 3, 48, 48))
     with pytest.raises(ValueError, match="image_size"):
-        build(SimpleNamespace(backbone="s4v-tiny", num_frames=8, image_size=64), None, False)
+        build(_preset(backbone="s4v-tiny", num_frames=8, image_size=64), None, False)
     with pytest.raises(ValueError, match="exceeds"):
         EVLEncoder(build_backbone("s4v-tiny"), EVLConfig(decoder_layers=5), num_frames=8)
 
@@ -161,9 +171,7 @@ def test_fresh_stage_without_conv_passes_the_tokens_through() -> None:
 
 def _count(backbone: str) -> tuple[int, int]:
     with torch.device("meta"):
-        encoder, _ = build(
-            SimpleNamespace(backbone=backbone, num_frames=8, image_size=224), None, False
-        )
+        encoder, _ = build(_preset(backbone=backbone, num_frames=8, image_size=224), None, False)
     assert all(p.device.type == "meta" for p in encoder.parameters())  # nothing was allocated
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     return trainable, trainable + encoder.out_dim * 174 + 174  # + the 174-way SSv2 head

@@ -7,7 +7,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from s4v_core.backbone import FrozenViT, create_clip
+from s4v_core.backbone import create_clip
+from s4v_core.backbone_vit import FrozenViT
 from s4v_core.side import SideNetworkConfig
 from s4v_core.side_retrieval import (
     RetrievalSideAttention,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,13 +16,21 @@ from s4v_core.methods.st_adapter import (
     STAdapter,
     STAdapterConfig,
     STAdapterEncoder,
-    build,
 )
+from s4v_recognition.config import RecognitionPreset
+from s4v_recognition.encoders import st_adapter as build
+from s4v_recognition.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+def _preset(**fields) -> RecognitionPreset:
+    """The tiny recognition preset with ``fields`` changed (the method's builder reads a preset)."""
+    return replace(get_preset("tiny"), **fields)
+
+
 B, T, K = 2, 8, 174
-TINY = SimpleNamespace(backbone="s4v-tiny", num_frames=T, image_size=32)
+TINY = _preset(backbone="s4v-tiny", num_frames=T, image_size=32)
 
 
 def _encoder(seed: int = 0, **config) -> STAdapterEncoder:
@@ -178,9 +186,7 @@ def test_trainable_parameters_with_a_174_way_head_match_the_paper_table(
     backbone: str, adapters: int, with_head: int, paper: float
 ) -> None:
     with torch.device("meta"):
-        encoder, _ = build(
-            SimpleNamespace(backbone=backbone, num_frames=8, image_size=224), None, False
-        )
+        encoder, _ = build(_preset(backbone=backbone, num_frames=8, image_size=224), None, False)
         head = nn.Linear(encoder.out_dim, K)
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     assert trainable == adapters

@@ -61,8 +61,7 @@ def _recognition_tables(num_classes: int) -> list[Table]:
 
 
 def _retrieval_tables() -> list[Table]:
-    from s4v_retrieval import METHODS, PRESETS
-    from s4v_retrieval.presets import count_parameters
+    from s4v_retrieval import METHODS, PRESETS, count_parameters
 
     presets = Table(title="Retrieval presets (trainable parameters per method, text tower frozen)")
     for column in ("preset", "backbone", "weights", "similarity"):

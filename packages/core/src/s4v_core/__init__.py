@@ -1,18 +1,15 @@
 """s4v_core: frozen open_clip ViT backbones and the Side4Video side network."""
 
-from s4v_core.backbone import (
-    FrozenViT,
-    ViTGeometry,
-    build_backbone,
-    create_clip,
-    register_model_configs,
-    vit_geometry,
-)
+from s4v_core.backbone import build_backbone, create_clip
+from s4v_core.backbone_eva import FrozenEVA, ViTGeometry
+from s4v_core.backbone_vit import FrozenViT
+from s4v_core.clip_configs import register_model_configs
 from s4v_core.memory import SavedTensorMeter
 from s4v_core.recompute import recompute
 from s4v_core.side import SideNetwork, SideNetworkConfig
 
 __all__ = [
+    "FrozenEVA",
     "FrozenViT",
     "SavedTensorMeter",
     "SideNetwork",
@@ -22,5 +19,4 @@ __all__ = [
     "create_clip",
     "recompute",
     "register_model_configs",
-    "vit_geometry",
 ]

@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from s4v_core.backbone import FrozenTower, create_clip
+from s4v_core.backbone import create_clip
 from s4v_core.side import SideNetworkConfig
+from s4v_core.tower import FrozenTower
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class TrainableModule(nn.Module):
     """A task model with the checkpoint contract: it saves and loads only what trains.
 
     Saved are the parameters that train (``requires_grad``) and the buffers (BatchNorm
-    statistics) outside the frozen towers (:class:`~s4v_core.backbone.FrozenTower`); frozen
+    statistics) outside the frozen towers (:class:`~s4v_core.tower.FrozenTower`); frozen
     weights, even those that gradients flow through (adapter methods), are rebuilt from the
     backbone's identity instead.
     """

@@ -1,7 +1,7 @@
 """Frozen EVA-02 CLIP image towers (open_clip ``EVA02-*``), yielding the tokens after every block.
 
-The Side4Video reference runs its EVA variant on EVA-CLIP's ViT-E/14 (``EVA02-CLIP-bigE-14``, see
-the spec's section 1.8) through a vendored ``eva_vit_model.py``. Here the tower is open_clip's
+The Side4Video reference runs its EVA variant on EVA-CLIP's ViT-E/14 (``EVA02-CLIP-bigE-14``) through
+a vendored ``Recognition/eva_clip/eva_vit_model.py`` (github.com/HJYao00/Side4Video @ 5d72352). Here the tower is open_clip's
 ``EVA02-*`` model unchanged: a ``TimmModel`` whose ``trunk`` is timm's ``Eva``
 (``timm/models/eva.py``), read block by block. Which part follows which paper:
 
@@ -23,86 +23,34 @@ timm's own modules and methods, called as ``Eva.forward_features`` calls them; n
 re-implemented here. ``_pos_embed`` is private in timm; the tests pin its result against
 ``Eva``'s own forward.
 
-``s4v-tiny-eva`` (``model_configs/s4v-tiny-eva.json``, timm trunk ``s4v_tiny_eva_patch8_32``) is a
-random 4-layer EVA with every EVA-02 feature at once (post-norm blocks as EVA02-E, rope and
-SwiGLU with the inner LayerNorms as EVA02-B/L), for tests and the CPU demo.
+``s4v-tiny-eva``, the random 4-layer EVA of the tests and the CPU demo, is defined in
+:mod:`s4v_core.clip_configs`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import open_clip
 import timm
 import torch
 from open_clip.timm_model import TimmModel
-from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from timm.models import build_model_with_cfg, register_model
 from timm.models.eva import Eva
 from torch import nn
 
-from s4v_core.backbone import FrozenTower, ViTGeometry, register_model_configs
-
-__all__ = [
-    "TINY_EVA_MODEL",
-    "TINY_EVA_TRUNK",
-    "EVAHeadNorm",
-    "EVAProjection",
-    "FrozenEVA",
-    "eva_geometry",
-    "eva_head_keys",
-    "is_eva_tower",
-    "register_tiny_eva",
-    "s4v_tiny_eva_patch8_32",
-]
-
-TINY_EVA_MODEL = "s4v-tiny-eva"  # the open_clip config
-TINY_EVA_TRUNK = "s4v_tiny_eva_patch8_32"  # the timm model it names
+from s4v_core.clip_configs import register_model_configs
+from s4v_core.tower import FrozenTower
 
 
-def s4v_tiny_eva_patch8_32(pretrained: bool = False, **kwargs: Any) -> Eva:
-    """A random EVA-02 trunk the size of ``s4v-tiny``: 4 layers, width 64, 2 heads, 8 px patches.
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ViTGeometry:
+    """What a side network needs to know about an image tower, read from its config."""
 
-    EVA02-E's post-norm blocks with EVA02-B/L's rope (ref grid = the 4 x 4 grid) and SwiGLU
-    (hidden 170 = 64 * 8/3, LayerNorm inside) and attention-output LayerNorm, fused q/k/v with
-    q and v biases as in EVA02-E. A timm entrypoint, registered by :func:`register_tiny_eva`.
-
-    Args:
-        pretrained: must be False (there are no weights).
-        **kwargs: ``Eva`` arguments overriding the defaults (open_clip passes ``num_classes``
-            and ``global_pool``).
-
-    Raises:
-        ValueError: for ``pretrained=True``.
-    """
-    if pretrained:
-        raise ValueError(f"{TINY_EVA_TRUNK} is a random test model, it has no pretrained weights")
-    model_args = dict(
-        img_size=32,
-        patch_size=8,
-        embed_dim=64,
-        depth=4,
-        num_heads=2,
-        mlp_ratio=4 * 2 / 3,
-        swiglu_mlp=True,
-        scale_mlp=True,
-        scale_attn_inner=True,
-        use_rot_pos_emb=True,
-        ref_feat_shape=(4, 4),
-        use_post_norm=True,
-        global_pool=kwargs.pop("global_pool", "token"),
-    )
-    # A pretrained config of its own (the input it expects), so that timm does not warn of none.
-    kwargs["pretrained_cfg"] = kwargs.get("pretrained_cfg") or dict(
-        input_size=(3, 32, 32), mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, num_classes=64
-    )
-    return build_model_with_cfg(Eva, TINY_EVA_TRUNK, pretrained=False, **dict(model_args, **kwargs))
-
-
-def register_tiny_eva() -> None:
-    """Make ``s4v_tiny_eva_patch8_32`` known to timm (``s4v-tiny-eva`` names it). Idempotent."""
-    if not timm.is_model(TINY_EVA_TRUNK):
-        register_model(s4v_tiny_eva_patch8_32)
+    width: int  # D
+    num_layers: int  # L
+    patch_size: int  # p
+    image_size: int
+    grid: tuple[int, int]  # (h, w) patches; N = h * w
 
 
 def is_eva_tower(visual: nn.Module) -> bool:

@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from s4v_core.assembly import side_network_on
-from s4v_core.backbone import FrozenViT
+from s4v_core.backbone_vit import FrozenViT
 from s4v_core.side import (
     ResidualSideBlock,
     SideMlp,

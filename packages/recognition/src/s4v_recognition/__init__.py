@@ -6,16 +6,9 @@ from s4v_recognition.checkpoints import (
     load_converted_checkpoint,
     load_side4video_checkpoint,
 )
-from s4v_recognition.model import VideoClassifier, build_model
-from s4v_recognition.presets import (
-    METHODS,
-    PRESETS,
-    RecognitionMethod,
-    RecognitionPreset,
-    count_parameters,
-    get_method,
-    get_preset,
-)
+from s4v_recognition.config import RecognitionMethod, RecognitionPreset
+from s4v_recognition.model import VideoClassifier, build_model, count_parameters
+from s4v_recognition.presets import METHODS, PRESETS, get_method, get_preset
 
 __all__ = [
     "METHODS",

@@ -50,8 +50,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from s4v_core.assembly import side_network_on
-from s4v_core.backbone import FrozenViT, create_clip
+from s4v_core.backbone import create_clip
 from s4v_core.backbone_eva import FrozenEVA, is_eva_tower
+from s4v_core.backbone_vit import FrozenViT
 from s4v_core.memory import SavedTensorMeter
 from s4v_core.side import SideNetwork, SideNetworkConfig
 from s4v_core.side_eva import EvaSideNetwork

@@ -1,20 +1,22 @@
 """Video classifiers: a method's video encoder, dropout and a linear head.
 
-The encoders (Side4Video and the baselines it is compared with) are in
+The encoders (Side4Video and the methods it is compared with) are built by
 :mod:`s4v_recognition.encoders`; :func:`build_model` looks the preset and the method up in the
-registry (:mod:`s4v_recognition.presets`).
+registry (:mod:`s4v_recognition.presets`) and :func:`count_parameters` counts what it would build.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 from torch import nn
 
-from s4v_core.assembly import TrainableModule, log_built, with_overrides
-from s4v_recognition.presets import RecognitionPreset, get_method, get_preset
+from s4v_core.assembly import TrainableModule, count_on_meta, log_built, with_overrides
+from s4v_recognition.config import RecognitionPreset
+from s4v_recognition.presets import get_method, get_preset
 
 
 class VideoClassifier(TrainableModule):
@@ -112,3 +114,36 @@ def build_model(
     )
     log_built(f"{preset}/{method}", model)
     return model
+
+
+def count_parameters(name: str, num_classes: int, method: str = "side4video") -> tuple[int, int]:
+    """(trainable, total) parameters of preset ``name`` under ``method`` with a K-way head.
+
+    Counted on the meta device: nothing is allocated and no weights are read. The model is built
+    once per preset and method; the head's ``(features + 1) x K`` is then exact arithmetic.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    counted = _count_with_one_class(name, method)
+    if isinstance(counted, str):  # the method does not build on this preset's backbone
+        raise ValueError(counted)
+    trainable, total, features = counted
+    extra = (features + 1) * (num_classes - 1)
+    return trainable + extra, total + extra
+
+
+@functools.cache
+def _count_with_one_class(name: str, method: str) -> tuple[int, int, int] | str:
+    """(trainable, total, head input width) with a 1-way head, or the builder's refusal."""
+    features: list[int] = []
+
+    def build():
+        model = build_model(name, 1, method=method)
+        features.append(model.head.in_features)
+        return model
+
+    try:
+        trainable, total = count_on_meta(build)
+    except ValueError as error:
+        return str(error)
+    return trainable, total, features[0]

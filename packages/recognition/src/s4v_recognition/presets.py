@@ -5,46 +5,18 @@ Presets mirror the reference Side4Video configs (github.com/HJYao00/Side4Video @
 frames at 224 px, dropout 0 and OpenAI CLIP weights, which use QuickGELU (hence the ``-quickgelu``
 open_clip names).
 
-A new backbone size is one :data:`PRESETS` entry; a new method is one :data:`METHODS` entry whose
-builder lives in its own module (the three shipped ones are in :mod:`s4v_recognition.encoders`).
+A new backbone size is one :data:`PRESETS` entry; a new method is one :data:`METHODS` entry naming
+its builder in :mod:`s4v_recognition.encoders` (its model code lives in core, as the rival methods'
+do in :mod:`s4v_core.methods`).
 ``s4v models``, the run-config validation and :func:`s4v_recognition.build_model` read only these
 two dicts.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
-
-from s4v_core.assembly import count_on_meta, lookup
-from s4v_core.methods import aim, dist, evl, st_adapter
+from s4v_core.assembly import lookup
 from s4v_recognition import encoders
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RecognitionPreset:
-    """Everything :func:`s4v_recognition.build_model` needs besides the number of classes."""
-
-    backbone: str  # open_clip model name
-    # The weights the reference starts from (open_clip tag); loaded only when asked for.
-    pretrained: str | None
-    num_frames: int  # T, frames per clip
-    side_dim: int  # C, side network width
-    image_size: int  # input resolution; must match the backbone's
-    head_dim: int = 64  # side attention head width (reference: heads = C // 64)
-    # Backbone layers (0-based) followed by a side block: a tuple, "odd" (1, 3, ...: the
-    # reference's EVA placement) or None for every layer (the reference's CLIP placement).
-    side_layers: tuple[int, ...] | Literal["odd"] | None = None
-    # Dtype the frozen backbone's weights are stored and run in ("bf16": half the bytes; frozen
-    # weights need no fp32 master copy). None keeps fp32.
-    backbone_dtype: Literal["bf16"] | None = None
-    # Recompute side blocks in backward by default (the reference always does on EVA).
-    grad_checkpointing: bool = False
-    dropout: float = 0.0  # before the linear head (reference drop_fc: 0)
-    description: str = ""
-
+from s4v_recognition.config import RecognitionMethod, RecognitionPreset
 
 PRESETS: dict[str, RecognitionPreset] = {
     # Recognition/configs/{sthv1,sthv2,k400}/*vitb-32*: ViT-B/32, T=8, n_emb=320.
@@ -133,15 +105,6 @@ PRESETS: dict[str, RecognitionPreset] = {
 }
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RecognitionMethod:
-    """How one method turns a preset into a video encoder; a linear head goes on top."""
-
-    # (resolved preset, pretrained weights, grad_checkpointing) -> (encoder, backbone identity)
-    build: Callable[[RecognitionPreset, str | None, bool], encoders.Built]
-    trains: str  # what trains, for `s4v models`
-
-
 METHODS: dict[str, RecognitionMethod] = {
     "side4video": RecognitionMethod(build=encoders.side4video, trains="side network + head"),
     "linear-probe": RecognitionMethod(
@@ -152,20 +115,20 @@ METHODS: dict[str, RecognitionMethod] = {
     ),
     # The paper's rivals (spec 5.1), each in its own s4v_core.methods module.
     "st-adapter": RecognitionMethod(
-        build=st_adapter.build,
+        build=encoders.st_adapter,
         trains="depth-wise 3D-conv adapters in every frozen block + head (backprop through ViT)",
     ),
     "aim": RecognitionMethod(
-        build=aim.build,
+        build=encoders.aim,
         trains="spatial, temporal and joint adapters in every frozen block + head (backprop "
         "through ViT)",
     ),
     "evl": RecognitionMethod(
-        build=evl.build,
+        build=encoders.evl,
         trains="temporal modules + query decoder over every frozen layer's tokens, + head",
     ),
     "dist": RecognitionMethod(
-        build=dist.build,
+        build=encoders.dist,
         trains="temporal encoder + integration branches + pooling over a frozen CLIP, + head",
     ),
 }
@@ -179,38 +142,3 @@ def get_preset(name: str) -> RecognitionPreset:
 def get_method(name: str) -> RecognitionMethod:
     """The method called ``name``; a clear error listing the known ones otherwise."""
     return lookup(METHODS, name, "method")
-
-
-def count_parameters(name: str, num_classes: int, method: str = "side4video") -> tuple[int, int]:
-    """(trainable, total) parameters of preset ``name`` under ``method`` with a K-way head.
-
-    Counted on the meta device: nothing is allocated and no weights are read. The model is built
-    once per preset and method; the head's ``(features + 1) x K`` is then exact arithmetic.
-    """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
-    counted = _count_with_one_class(name, method)
-    if isinstance(counted, str):  # the method does not build on this preset's backbone
-        raise ValueError(counted)
-    trainable, total, features = counted
-    extra = (features + 1) * (num_classes - 1)
-    return trainable + extra, total + extra
-
-
-@functools.cache
-def _count_with_one_class(name: str, method: str) -> tuple[int, int, int] | str:
-    """(trainable, total, head input width) with a 1-way head, or the builder's refusal."""
-    from s4v_recognition.model import build_model  # the model module imports this registry
-
-    features: list[int] = []
-
-    def build():
-        model = build_model(name, 1, method=method)
-        features.append(model.head.in_features)
-        return model
-
-    try:
-        trainable, total = count_on_meta(build)
-    except ValueError as error:
-        return str(error)
-    return trainable, total, features[0]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from s4v_retrieval.loss import all_gather_with_grad, symmetric_infonce
     from s4v_retrieval.metrics import dual_softmax_metrics, retrieval_metrics, retrieval_ranks
-    from s4v_retrieval.model import RetrievalModel, build_model, tokenizer_for
+    from s4v_retrieval.model import RetrievalModel, build_model, count_parameters, tokenizer_for
     from s4v_retrieval.presets import METHODS, PRESETS, RetrievalPreset, get_preset
     from s4v_retrieval.similarity import SIMILARITIES, TextFeatures, VideoFeatures
 
@@ -31,6 +31,7 @@ _WHERE = {
     "RetrievalModel": "model",
     "RetrievalPreset": "presets",
     "build_model": "model",
+    "count_parameters": "model",
     "get_preset": "presets",
     "tokenizer_for": "model",
     "SIMILARITIES": "similarity",
@@ -48,6 +49,7 @@ __all__ = [
     "VideoFeatures",
     "all_gather_with_grad",
     "build_model",
+    "count_parameters",
     "dual_softmax_metrics",
     "get_preset",
     "retrieval_metrics",

@@ -19,7 +19,13 @@ import math
 import torch
 from torch import nn
 
-from s4v_core.assembly import TrainableModule, check_image_size, log_built, with_overrides
+from s4v_core.assembly import (
+    TrainableModule,
+    check_image_size,
+    count_on_meta,
+    log_built,
+    with_overrides,
+)
 from s4v_core.backbone import create_clip, freeze_image_tower
 from s4v_core.side import SideNetworkConfig
 from s4v_core.side_retrieval import RetrievalVideoTower, build_retrieval_video_tower
@@ -183,6 +189,14 @@ def build_model(
     )
     log_built(f"retrieval {preset}/{method}", model)
     return model
+
+
+def count_parameters(name: str, method: str = "side4video") -> tuple[int, int]:
+    """(trainable, total) parameters of preset ``name`` under ``method``, text tower frozen.
+
+    Counted on the meta device: nothing is allocated and no weights are read.
+    """
+    return count_on_meta(lambda: build_model(name, method=method))
 
 
 def tokenizer_for(model: RetrievalModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from s4v_core.assembly import count_on_meta, lookup
+from s4v_core.assembly import lookup
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -106,13 +106,3 @@ def get_preset(name: str) -> RetrievalPreset:
 def get_method(name: str) -> RetrievalMethod:
     """The method called ``name``; a clear error listing the known ones otherwise."""
     return lookup(METHODS, name, "method")
-
-
-def count_parameters(name: str, method: str = "side4video") -> tuple[int, int]:
-    """(trainable, total) parameters of preset ``name`` under ``method``, text tower frozen.
-
-    Counted on the meta device: nothing is allocated and no weights are read.
-    """
-    from s4v_retrieval.model import build_model  # the model module imports this registry
-
-    return count_on_meta(lambda: build_model(name, method=method))

@@ -65,7 +65,6 @@ Deviations:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import open_clip
 import torch
@@ -74,8 +73,7 @@ from einops import rearrange
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from s4v_core.assembly import check_image_size
-from s4v_core.backbone import create_clip, is_plain_block, require_open_clip_vit
+from s4v_core.backbone_vit import is_plain_block
 from s4v_core.recompute import recompute
 
 
@@ -283,25 +281,3 @@ class AIMEncoder(nn.Module):
             x = recompute(block, x) if self.grad_checkpointing else block(x)  # (B*T, 1+N, D)
         cls = self.ln_post(x[:, 0])  # (B*T, D)
         return rearrange(cls, "(b t) d -> b t d", t=self.num_frames).mean(dim=1)
-
-
-def build(spec: Any, pretrained: str | None, grad_checkpointing: bool) -> tuple[nn.Module, dict]:
-    """The AIM encoder for ``spec`` (``backbone``, ``num_frames``, ``image_size``).
-
-    Args:
-        spec: any object with the open_clip model name ``backbone``, the frame count
-            ``num_frames`` and the input resolution ``image_size``.
-        pretrained: an open_clip pretrained tag, a local weights file, or None (random weights).
-        grad_checkpointing: recompute every block in backward.
-
-    Returns:
-        The encoder (attribute ``out_dim`` = ViT width) and the identity of its CLIP weights.
-
-    Raises:
-        ValueError: for an unknown model, a non-ViT tower or an ``image_size`` not the model's.
-    """
-    require_open_clip_vit(spec.backbone, "AIM")
-    clip, identity = create_clip(spec.backbone, pretrained)
-    check_image_size(spec.image_size, spec.backbone, clip.visual.image_size[0])
-    config = AIMConfig(num_frames=spec.num_frames, grad_checkpointing=grad_checkpointing)
-    return AIMEncoder(clip.visual, config), identity

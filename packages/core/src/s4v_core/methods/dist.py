@@ -62,14 +62,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import open_clip
 import torch
 from einops import rearrange, repeat
 from open_clip.transformer import QuickGELU
 from torch import nn
 
-from s4v_core.assembly import check_image_size
-from s4v_core.backbone import FrozenViT, create_clip, require_open_clip_vit
+from s4v_core.backbone_vit import FrozenViT
 from s4v_core.recompute import recompute
 
 _INIT_STD = 0.02  # the official trunc_normal_ std for weights, tokens and time embeddings
@@ -403,29 +401,3 @@ class DiSTEncoder(nn.Module):
             video, frame = block(fused, video, frame)
         cls = rearrange(last[:, 0], "(b t) d -> b t d", b=videos).mean(dim=1)  # (B, D)
         return self.ln_post(video[:, 0] + self.cls_proj(cls)) @ self.proj  # (B, E)
-
-
-def build(spec, pretrained: str | None, grad_checkpointing: bool) -> tuple[nn.Module, dict]:
-    """DiST on ``spec.backbone`` for ``spec.num_frames`` frames at ``spec.image_size``.
-
-    Args:
-        spec: has ``backbone`` (open_clip name), ``num_frames`` (T) and ``image_size``.
-        pretrained: open_clip tag, local weights file, or None for random CLIP weights.
-        grad_checkpointing: recompute the temporal blocks and integration FFNs in backward.
-
-    Returns:
-        The encoder (``out_dim`` = the CLIP embedding width) and the CLIP weights' identity.
-    """
-    require_open_clip_vit(spec.backbone, "DiST")
-    clip, identity = create_clip(spec.backbone, pretrained, need_projection=False)
-    if not isinstance(clip.visual, open_clip.transformer.VisionTransformer):
-        raise ValueError(
-            f"DiST needs an open_clip VisionTransformer, got {type(clip.visual).__name__} "
-            f"({spec.backbone})"
-        )
-    embed_dim = clip.visual.output_dim
-    backbone = FrozenViT(clip.visual, identity)  # frozen: requires_grad False, no_grad forward
-    check_image_size(spec.image_size, spec.backbone, backbone.image_size)
-    config = DiSTConfig(grad_checkpointing=grad_checkpointing)
-    encoder = DiSTEncoder(config, backbone, num_frames=spec.num_frames, embed_dim=embed_dim)
-    return encoder, backbone.identity

@@ -39,7 +39,7 @@ with a 174-way head; multiply-adds, backbone included: half of ``FlopCounterMode
 over every block, M=L, gives 350.07 M / 2392 G at L/14 and 98.76 M / 519 G at B/16 (a stage is
 8.22 M at B/16 and 14.58 M at L/14, of which the TCA tables are 1.12 M and 1.97 M). No uniform
 depth gives 89 M at B/16 (M=11: 90.54 M / 511 G; M=12: 98.76 M / 519 G); as L/14 pins M=L and
-nothing justifies M=L-1, the builder uses M=L, 11 % above the table's 89 M at B/16 (perhaps 98
+nothing justifies M=L-1, ``EVLConfig`` defaults to M=L, 11 % above the table's 89 M at B/16 (perhaps 98
 transposed; the paper's text is not available here to check). ``EVLConfig(decoder_layers=4)`` is
 the repo's K400 model.
 
@@ -67,7 +67,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,8 +75,7 @@ from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from s4v_core.assembly import check_image_size
-from s4v_core.backbone import FrozenViT, build_backbone, require_open_clip_vit
+from s4v_core.backbone_vit import FrozenViT
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -416,21 +414,3 @@ class EVLEncoder(nn.Module):
             else:
                 x = stage(x, tokens, *maps)
         return self.dropout(self.norm(x[:, 0]))  # (B, D)
-
-
-def build(spec: Any, pretrained: str | None, grad_checkpointing: bool) -> tuple[nn.Module, dict]:
-    """EVL on a frozen CLIP ViT, decoder over every block (Side4Video's Table 2 setting).
-
-    Args:
-        spec: anything with ``backbone`` (open_clip model name), ``num_frames`` and ``image_size``.
-        pretrained: open_clip tag, local weights file, or None for random weights.
-        grad_checkpointing: recompute the decoder stages in backward.
-
-    Returns:
-        The encoder (``out_dim`` = backbone width) and the identity of its CLIP weights.
-    """
-    require_open_clip_vit(spec.backbone, "EVL")
-    backbone = build_backbone(spec.backbone, pretrained)
-    check_image_size(spec.image_size, spec.backbone, backbone.image_size)
-    config = EVLConfig(grad_checkpointing=grad_checkpointing)
-    return EVLEncoder(backbone, config, num_frames=spec.num_frames), backbone.identity

@@ -43,7 +43,7 @@ Deviations:
   (above) within 5 %.
 * Frozen weights stay in their loaded dtype (fp32) instead of the repo's fp16 copies; mixed
   precision is the trainer's autocast.
-* T is fixed when building (``spec.num_frames``) and a clip of another length is refused; the repo
+* T is fixed when building (``num_frames``) and a clip of another length is refused; the repo
   reads T from the input. The convolution itself works for any T; fixing it lets each block be a
   module of the tokens alone, which :func:`s4v_core.recompute.recompute` can checkpoint.
 * Gradient checkpointing recomputes each block (its adapters and the frozen layers) in backward with
@@ -62,8 +62,6 @@ from einops import rearrange
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from s4v_core.assembly import check_image_size
-from s4v_core.backbone import create_clip, require_open_clip_vit
 from s4v_core.recompute import recompute
 
 POSITIONS = ("attn", "mlp")
@@ -261,21 +259,3 @@ class STAdapterEncoder(nn.Module):
             x = recompute(block, x) if self.grad_checkpointing else block(x)
         cls = rearrange(x[:, 0], "(b t) d -> b t d", t=self.num_frames)
         return self.ln_post(cls.mean(dim=1))  # (B, D)
-
-
-def build(spec, pretrained: str | None, grad_checkpointing: bool) -> tuple[nn.Module, dict]:
-    """ST-Adapter video encoder over the CLIP ViT ``spec.backbone``, paper's main setting.
-
-    Args:
-        spec: has ``backbone`` (open_clip model name), ``num_frames`` (T) and ``image_size``.
-        pretrained: open_clip pretrained tag, local weights file, or None (random weights).
-        grad_checkpointing: recompute each block in backward.
-
-    Returns:
-        The encoder (``out_dim`` = the ViT's width) and the identity of its CLIP weights.
-    """
-    require_open_clip_vit(spec.backbone, "ST-Adapter")
-    clip, identity = create_clip(spec.backbone, pretrained)
-    check_image_size(spec.image_size, spec.backbone, clip.visual.image_size[0])
-    config = STAdapterConfig(grad_checkpointing=grad_checkpointing)
-    return STAdapterEncoder(clip.visual, config, num_frames=spec.num_frames), identity
