@@ -20,6 +20,11 @@ from torch import nn
 from s4v_core.tower import FrozenTower
 
 
+def is_open_clip_vit(visual: nn.Module) -> bool:
+    """Whether ``visual`` is open_clip's own ``VisionTransformer`` (not a ResNet or timm tower)."""
+    return isinstance(visual, open_clip.transformer.VisionTransformer)
+
+
 def is_plain_block(block: nn.Module) -> bool:
     """Whether ``block`` is open_clip's pre-LN block with nothing :func:`_frozen_block` leaves out.
 
@@ -99,7 +104,7 @@ class FrozenViT(FrozenTower):
 
     def __init__(self, visual: nn.Module, identity: dict, *, with_projection: bool = False) -> None:
         super().__init__()
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        if not is_open_clip_vit(visual):
             raise TypeError(f"FrozenViT needs an open_clip VisionTransformer, got {type(visual)}")
         self.conv1 = visual.conv1
         self.class_embedding = visual.class_embedding

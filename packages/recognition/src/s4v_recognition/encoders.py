@@ -15,7 +15,6 @@ frame count, and the check that the preset's input size is its backbone's.
 
 from __future__ import annotations
 
-import open_clip
 import torch
 from einops import rearrange
 from torch import nn
@@ -23,7 +22,7 @@ from torch import nn
 from s4v_core.assembly import check_image_size, side_network_on
 from s4v_core.backbone import build_backbone, create_clip, require_open_clip_vit
 from s4v_core.backbone_eva import FrozenEVA, image_embed_dim
-from s4v_core.backbone_vit import FrozenViT
+from s4v_core.backbone_vit import FrozenViT, is_open_clip_vit
 from s4v_core.methods.aim import AIMConfig, AIMEncoder
 from s4v_core.methods.dist import DiSTConfig, DiSTEncoder
 from s4v_core.methods.evl import EVLConfig, EVLEncoder
@@ -149,7 +148,7 @@ def dist(spec: RecognitionPreset, pretrained: str | None, grad_checkpointing: bo
     """DiST on the preset's frozen CLIP ViT (``out_dim`` = the CLIP embedding width)."""
     require_open_clip_vit(spec.backbone, "DiST")
     clip, identity = create_clip(spec.backbone, pretrained, need_projection=False)
-    if not isinstance(clip.visual, open_clip.transformer.VisionTransformer):
+    if not is_open_clip_vit(clip.visual):
         raise ValueError(
             f"DiST needs an open_clip VisionTransformer, got {type(clip.visual).__name__} "
             f"({spec.backbone})"
