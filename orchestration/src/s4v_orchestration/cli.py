@@ -13,6 +13,7 @@ from s4v_orchestration.commands import bench_sweep as bench_sweep_command
 from s4v_orchestration.commands import convert as convert_command
 from s4v_orchestration.commands import eval as eval_command
 from s4v_orchestration.commands import models as models_command
+from s4v_orchestration.commands import predict as predict_command
 from s4v_orchestration.commands import run as run_command
 from s4v_orchestration.commands import runs as runs_command
 from s4v_orchestration.commands import sweep as sweep_command
@@ -44,6 +45,7 @@ bench_app.command("sweep")(bench_sweep_command.sweep)
 app.command("sweep")(sweep_command.sweep)
 app.command("runs")(runs_command.runs)
 app.command("ui")(ui_command.ui)
+app.command("predict")(predict_command.predict)
 
 
 @app.callback()
