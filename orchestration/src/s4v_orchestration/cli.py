@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from s4v_data import default_backend
 from s4v_orchestration import __version__
 from s4v_orchestration.commands import bench_sweep as bench_sweep_command
 from s4v_orchestration.commands import convert as convert_command
@@ -48,8 +50,24 @@ app.command("ui")(ui_command.ui)
 app.command("predict")(predict_command.predict)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"s4v {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the s4v version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
     """Side4Video experiments: recognition, retrieval, data preparation, sweeps and run tracking."""
 
 
@@ -72,10 +90,12 @@ def doctor() -> None:
         ("torchvision", "torchvision"),
         ("open_clip", "open_clip_torch"),
         ("decord", "decord"),
+        ("pyav", "av"),
         ("ray", "ray"),
         ("mlflow", "mlflow"),
     ]:
         rows.append((label, _pkg_version(dist)))
+    rows.append(("video decoder", default_backend()))
     if torch.cuda.is_available():
         names = ", ".join(
             f"{i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())

@@ -28,7 +28,14 @@ if TYPE_CHECKING:
         write_video_list,
     )
     from s4v_data.dataset import SkipBadSamples, VideoClipDataset, collate_clips, make_loader
-    from s4v_data.decode import DecodeError, IsolatedVideoReader, decode_rawframes, decode_video
+    from s4v_data.decode import (
+        DecodeError,
+        IsolatedVideoReader,
+        decode_rawframes,
+        decode_video,
+        default_backend,
+        open_reader,
+    )
     from s4v_data.retrieval import (
         CaptionedVideos,
         read_msrvtt,
@@ -70,7 +77,9 @@ __all__ = [
     "collate_clips",
     "decode_rawframes",
     "decode_video",
+    "default_backend",
     "make_loader",
+    "open_reader",
     "read_labels",
     "read_list",
     "read_msrvtt",
@@ -105,6 +114,8 @@ _WHERE = {
     "IsolatedVideoReader": "decode",
     "decode_rawframes": "decode",
     "decode_video": "decode",
+    "default_backend": "decode",
+    "open_reader": "decode",
     "CaptionedVideos": "retrieval",
     "read_msrvtt": "retrieval",
     "read_msvd": "retrieval",

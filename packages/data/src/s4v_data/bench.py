@@ -5,8 +5,9 @@ All three read the same frames (deterministic val sampling of the same videos) i
 * ``rawframes``: :class:`VideoClipDataset` from JPEG folders through :func:`make_loader`;
 * ``video``: the same dataset decoding the MP4 files with decord in its helper process;
 * ``video-in-process``: the same, with decord called directly in this process;
-* ``decord-raw``: ``VideoReader`` + ``get_batch`` of the same frame indices, nothing else
-  (no resize, crop, normalisation or collation) - the floor a video loader cannot beat.
+* ``decord-raw``: the raw reader (:func:`s4v_data.decode.open_reader`; decord, or PyAV where
+  decord is not installed) + ``get_batch`` of the same frame indices, nothing else (no resize,
+  crop, normalisation or collation) - the floor a video loader cannot beat.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from s4v_data._worker import open_reader
 from s4v_data.annotations import read_video_list
 from s4v_data.dataset import Source, VideoClipDataset, make_loader
 from s4v_data.sampling import ClipPlan
@@ -96,13 +98,11 @@ def bench_data(
         return lambda: sum(len(labels) for _, labels in loader)
 
     def decord_pass() -> int:
-        import decord
-
         plan = ClipPlan(family=spec.sampling, mode="val", num_frames=num_frames)
         videos = read_video_list(info.val_video_list)
         for record in videos:
-            reader = decord.VideoReader(str(Path(info.root) / record.path), num_threads=1)
-            reader.get_batch(sorted(set(plan.indices(len(reader))[0]))).asnumpy()
+            reader = open_reader(Path(info.root) / record.path, 1)
+            reader.get_batch(sorted(set(plan.indices(len(reader))[0])))
         return len(videos)
 
     runs = {

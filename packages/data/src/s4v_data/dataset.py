@@ -22,7 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from s4v_data.annotations import VideoRecord, check_labels, read_list
-from s4v_data.decode import DecodeError, IsolatedVideoReader, decode_rawframes, decode_video
+from s4v_data.decode import (
+    DecodeError,
+    IsolatedVideoReader,
+    decode_rawframes,
+    decode_video,
+    default_backend,
+)
 from s4v_data.sampling import ClipPlan, Mode
 from s4v_data.specs import DatasetSpec, FlipMode
 from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
@@ -45,7 +51,7 @@ class VideoClipDataset(Dataset):
         mode: ``"train"`` (random sampling and augmentation), ``"val"`` (one deterministic
             centre view) or ``"test"`` (``test_clips`` x ``test_crops`` views).
         input_size: crop size S.
-        source: ``"rawframes"`` (JPEG folders) or ``"video"`` (decord).
+        source: ``"rawframes"`` (JPEG folders) or ``"video"`` (decord or PyAV).
         num_sample: augmented copies of each training clip (repeated augmentation).
         rand_augment: RandAugment (m7, n4) before the other training transforms.
         test_crops: 1 (centre) or 3 (along the longer side) in test mode.
@@ -59,6 +65,7 @@ class VideoClipDataset(Dataset):
         isolate_decoding: decode videos in a helper process with a time-out (a hanging or
             crashing file raises :class:`DecodeError` instead of stalling the run).
         decode_timeout: seconds per video before the helper is killed.
+        video_backend: ``"decord"`` or ``"pyav"``; None picks decord where it is installed.
         mean, std: normalisation (CLIP's by default).
     """
 
@@ -82,6 +89,7 @@ class VideoClipDataset(Dataset):
         frame_count: Literal["folder", "list"] = "folder",
         isolate_decoding: bool = True,
         decode_timeout: float = 30.0,
+        video_backend: str | None = None,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
     ) -> None:
@@ -111,8 +119,9 @@ class VideoClipDataset(Dataset):
             std=std,
         )
         self.records = self._load_records(min_frames)
+        self.video_backend = video_backend or default_backend()
         self._reader = (
-            IsolatedVideoReader(timeout=decode_timeout)
+            IsolatedVideoReader(timeout=decode_timeout, backend=self.video_backend)
             if source == "video" and isolate_decoding
             else None
         )
@@ -184,7 +193,7 @@ class VideoClipDataset(Dataset):
             return decode_rawframes(path, plan, self.spec.frame_template, num_frames=count)
         if self._reader is not None:
             return self._reader.decode(path, plan)
-        return decode_video(path, plan)
+        return decode_video(path, plan, backend=self.video_backend)
 
 
 class SkipBadSamples(Dataset):

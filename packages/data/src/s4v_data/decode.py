@@ -1,8 +1,12 @@
-"""Decoding frames from rawframe folders (JPEG) and from video files (decord).
+"""Decoding frames from rawframe folders (JPEG) and from video files (decord or PyAV).
 
 Both return the unique frames a set of clips needs, decoded once, plus each clip's positions into
 them: ``frames`` is ``(U, 3, H, W)`` uint8 and ``clip_positions[j]`` indexes the ``t`` frames of clip
 ``j`` (so ``frames[clip_positions[j]]`` is ``(t, 3, H, W)``).
+
+Videos are read through one interface, :func:`open_reader`, with decord where its wheels exist
+(Linux x86_64, Windows AMD64) and PyAV elsewhere; :func:`default_backend` says which, and every
+function takes ``backend=`` to choose one ("decord" or "pyav").
 
 decord can hang (an infinite loop holding the GIL when a container over-reports its frame count,
 decord#373) or crash on a broken file. :class:`IsolatedVideoReader` therefore decodes in a
@@ -22,15 +26,18 @@ import torch
 from PIL import Image
 
 from s4v_data._helper import Helper, HelperDied, HelperError, HelperTimeout
-from s4v_data._worker import describe
+from s4v_data._worker import BACKENDS, default_backend, describe, open_reader
 from s4v_data.sampling import ClipPlan
 
 __all__ = [
+    "BACKENDS",
     "DecodeError",
     "IsolatedVideoReader",
     "count_frames",
     "decode_rawframes",
     "decode_video",
+    "default_backend",
+    "open_reader",
 ]
 
 
@@ -90,47 +97,60 @@ def decode_rawframes(
 
 
 def decode_video(
-    path: str | Path, plan: ClipPlan, *, num_threads: int = 1
+    path: str | Path, plan: ClipPlan, *, num_threads: int = 1, backend: str | None = None
 ) -> tuple[torch.Tensor, list[list[int]]]:
-    """Decode the frames ``plan`` needs from a video file with decord, in this process.
+    """Decode the frames ``plan`` needs from a video file, in this process.
+
+    Args:
+        path: the video file.
+        plan: which clips to sample.
+        num_threads: decoder threads.
+        backend: ``"decord"`` or ``"pyav"``; None picks :func:`default_backend`.
 
     Returns:
         ``(frames (U, 3, H, W) uint8, clip_positions)``.
     """
-    import decord
-
     try:
-        reader = decord.VideoReader(str(path), num_threads=num_threads)
+        reader = open_reader(path, num_threads, backend)
         n = len(reader)
         if n < 1:
             raise DecodeError(f"{path}: the video has no frames")
         unique, positions = _unique_positions(plan.indices(n))
-        array = reader.get_batch(unique).asnumpy()  # (U, H, W, 3)
+        array = reader.get_batch(unique)  # (U, H, W, 3)
     except DecodeError:
         raise
-    except Exception as e:  # decord raises its own and plain runtime errors
+    except Exception as e:  # decord and PyAV raise their own and plain runtime errors
         raise DecodeError(f"{path}: {describe(e)}") from None
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), positions
 
 
 class IsolatedVideoReader:
-    """Decodes videos with decord in a helper process, with a time-out per request.
+    """Decodes videos in a helper process, with a time-out per request.
 
     The helper is started on first use in the process that uses it (a DataLoader worker gets its
     own) and reused for every video. A hang past ``timeout`` seconds or a crash of the helper raises
     :class:`DecodeError`; the next call starts a fresh helper. Picklable (the helper is not copied).
     """
 
-    def __init__(self, *, timeout: float = 30.0, num_threads: int = 1) -> None:
+    def __init__(
+        self, *, timeout: float = 30.0, num_threads: int = 1, backend: str | None = None
+    ) -> None:
         self.timeout = timeout
         self.num_threads = num_threads
+        self.backend = backend or default_backend()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
         self._helper = Helper()
 
-    def __getstate__(self) -> dict[str, float | int]:
-        return {"timeout": self.timeout, "num_threads": self.num_threads}
+    def __getstate__(self) -> dict[str, float | int | str]:
+        return {"timeout": self.timeout, "num_threads": self.num_threads, "backend": self.backend}
 
-    def __setstate__(self, state: dict[str, float | int]) -> None:
-        self.__init__(timeout=float(state["timeout"]), num_threads=int(state["num_threads"]))
+    def __setstate__(self, state: dict[str, float | int | str]) -> None:
+        self.__init__(
+            timeout=float(state["timeout"]),
+            num_threads=int(state["num_threads"]),
+            backend=str(state["backend"]),
+        )
 
     def __del__(self) -> None:
         self.close()
@@ -142,7 +162,7 @@ class IsolatedVideoReader:
 
     def decode(self, path: str | Path, plan: ClipPlan) -> tuple[torch.Tensor, list[list[int]]]:
         """Like :func:`decode_video`, in the helper process. Returns ``(frames, clip_positions)``."""
-        n = self._request(path, ("open", str(path), self.num_threads))
+        n = self._request(path, ("open", str(path), self.num_threads, self.backend))
         if n < 1:
             raise DecodeError(f"{path}: the video has no frames")
         unique, positions = _unique_positions(plan.indices(n))
@@ -154,7 +174,7 @@ class IsolatedVideoReader:
 
         The file stays open for :meth:`frames`.
         """
-        n = self._request(path, ("open", str(path), self.num_threads))
+        n = self._request(path, ("open", str(path), self.num_threads, self.backend))
         if n < 1:
             raise DecodeError(f"{path}: the video has no frames")
         return n, self._request(path, ("fps",))

@@ -1,4 +1,4 @@
-"""Frame extraction: decode videos with decord into the rawframe layout, safely and resumably.
+"""Frame extraction: decode videos (decord or PyAV) into the rawframe layout, safely and resumably.
 
 Each video is decoded in a worker process with a time-out, so a file that hangs decord (it can
 loop forever holding the GIL, decord#373) or crashes it costs one worker, which is replaced, and is
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from s4v_data._helper import Helper, HelperDied, HelperError, HelperTimeout
+from s4v_data._worker import BACKENDS, backend_version, default_backend, resample_indices
 from s4v_data._worker import extract_video as _extract
-from s4v_data._worker import resample_indices
 from s4v_data.annotations import VideoRecord
 
 __all__ = [
@@ -60,8 +60,13 @@ class ExtractConfig:
     short_side: int | None = 256  # resize so the shorter side has this many pixels; None keeps it
     frame_template: str = "img_{:05d}.jpg"  # 1-based frame file names
     jpeg_quality: int = 90
+    backend: str | None = None  # "decord" or "pyav"; None: decord where it is installed
 
     def __post_init__(self) -> None:
+        if self.backend is None:
+            object.__setattr__(self, "backend", default_backend())
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
         if self.short_side is not None and self.short_side < 8:
@@ -80,14 +85,13 @@ class ExtractConfig:
             "short_side": self.short_side,
             "frame_template": self.frame_template,
             "jpeg_quality": self.jpeg_quality,
+            "backend": self.backend,
         }
 
     def cache_key(self) -> dict[str, object]:
         """What the cache metadata records: extractor and settings."""
-        import decord
-
         return {
-            "extractor": f"decord {decord.__version__}",
+            "extractor": backend_version(self.backend),
             "fps": self.fps,
             "short_side": self.short_side,
             "frame_template": self.frame_template,

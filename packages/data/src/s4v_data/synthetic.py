@@ -31,6 +31,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from s4v_data._worker import open_reader
 from s4v_data.annotations import VideoRecord, write_labels, write_rawframe_list, write_video_list
 
 __all__ = [
@@ -261,12 +262,14 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def _check_decodable(path: Path, size: int) -> None:
-    """decord 0.6.0 mis-sizes frames of some small widths (16, 24, 48, 72 px): refuse those."""
-    import decord
+    """decord 0.6.0 mis-sizes frames of some small widths (16, 24, 48, 72 px): refuse those.
 
+    The check decodes with the default backend (PyAV, where decord is not installed, reads
+    every width).
+    """
     try:
-        shape = decord.VideoReader(str(path), num_threads=1).get_batch([0]).asnumpy().shape
-    except Exception:  # decord raises its own error types
+        shape = open_reader(path, 1).get_batch([0]).shape
+    except Exception:  # decord and PyAV raise their own error types
         shape = None
     if shape != (1, size, size, 3):
         raise ValueError(
