@@ -157,3 +157,32 @@ def test_release_converted_with_its_dataset_evaluates_without_the_original_file(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((in_tmp / "eval-1x1" / "eval.json").read_text())["num_videos"] == 8
+
+
+@pytest.mark.parametrize("task", ["recognition", "retrieval"])
+def test_seed_method_and_cfg_options_reach_the_run_config(task, in_tmp, monkeypatch) -> None:
+    import s4v_orchestration.train as train_module
+
+    seen = {}
+
+    def capture(config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt  # stop before any training: the CLI reports an interruption
+
+    monkeypatch.setattr(train_module, "run_training", capture)
+    method = "st-adapter" if task == "recognition" else "frozen-clip"
+    result = _invoke(
+        ["run", task, "--dataset", "synthetic", "--seed", "17", "--method", method,
+         "--cfg-options", "solver.lr=0.25", "--no-tracking"]
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output
+    config = seen["config"]
+    assert (config.seed, config.model.method, config.solver.lr) == (17, method, 0.25)
+
+
+def test_version_option_prints_the_package_version() -> None:
+    from s4v_orchestration import __version__
+
+    result = _invoke(["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"s4v {__version__}"

@@ -52,6 +52,10 @@ ResumeOption = Annotated[
 ResumeFromOption = Annotated[
     Path | None, typer.Option(help="Continue from this checkpoint instead.")
 ]
+SeedOption = Annotated[
+    int | None,
+    typer.Option(help="Random seed of initialisation, sampling and augmentation (seed)."),
+]
 
 # `s4v eval <task>`.
 EvalBatchSizeOption = Annotated[
@@ -60,7 +64,12 @@ EvalBatchSizeOption = Annotated[
 EvalDeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 EvalOverridesOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a field of the stored config (repeatable)."),
+    typer.Option(
+        "--set",
+        "--cfg-options",
+        help="Override a field of the stored config (repeatable; --cfg-options is "
+        "MMAction2's name for it).",
+    ),
 ]
 EvalTrackingUriOption = Annotated[
     str | None,

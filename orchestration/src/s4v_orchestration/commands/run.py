@@ -29,6 +29,7 @@ from s4v_orchestration.commands.options import (
     PretrainedOption,
     ResumeFromOption,
     ResumeOption,
+    SeedOption,
     TrackingOption,
     VerboseOption,
     dataset_names,
@@ -59,8 +60,9 @@ def recognition(
         list[str] | None,
         typer.Option(
             "--set",
+            "--cfg-options",
             help="Override one field, e.g. --set solver.lr=3e-4 or --set model.method=st-adapter "
-            "(repeatable; applied last; `s4v models` lists the methods).",
+            "(repeatable; applied last; --cfg-options is MMAction2's name for it).",
         ),
     ] = None,
     data_root: Annotated[
@@ -73,6 +75,14 @@ def recognition(
             "side4video-b16; `s4v models` lists them all (model.preset)."
         ),
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="How the frozen backbone is adapted: side4video (default), or a method to "
+            "compare with such as st-adapter; `s4v models` lists them (model.method)."
+        ),
+    ] = None,
+    seed: SeedOption = None,
     pretrained: PretrainedOption = None,
     epochs: EpochsOption = None,
     batch_size: Annotated[
@@ -121,8 +131,10 @@ def retrieval(
         list[str] | None,
         typer.Option(
             "--set",
+            "--cfg-options",
             help="Override one field, e.g. --set retrieval.similarity=meanP or "
-            "--set retrieval.train_text=true (repeatable; applied last).",
+            "--set retrieval.train_text=true (repeatable; applied last; --cfg-options is "
+            "MMAction2's name for it).",
         ),
     ] = None,
     data_root: Annotated[
@@ -150,6 +162,7 @@ def retrieval(
             "(plain CLIP frame embeddings) (model.method)."
         ),
     ] = None,
+    seed: SeedOption = None,
     pretrained: PretrainedOption = None,
     epochs: EpochsOption = None,
     batch_size: Annotated[
@@ -176,9 +189,7 @@ def retrieval(
     verbose: VerboseOption = False,
 ) -> None:
     """Train and test a text-video retrieval model: `s4v run retrieval --dataset synthetic`."""
-    extra = given(
-        [("retrieval.media_root", media_root, "--media-root"), ("model.method", method, "--method")]
-    )
+    extra = given([("retrieval.media_root", media_root, "--media-root")])
     _run_task("retrieval", locals(), _retrieval_rows, extra=extra)
 
 
@@ -191,6 +202,8 @@ class RunOptions:
     overrides: list[str] | None
     data_root: Path | None
     backbone: str | None
+    method: str | None
+    seed: int | None
     pretrained: str | None
     epochs: int | None
     batch_size: int | None
@@ -208,6 +221,8 @@ class RunOptions:
             [
                 ("data.root", self.data_root, "--data-root"),
                 ("model.preset", self.backbone, "--backbone"),
+                ("model.method", self.method, "--method"),
+                ("seed", self.seed, "--seed"),
                 ("solver.epochs", self.epochs, "--epochs"),
                 ("data.batch_size", self.batch_size, "--batch-size"),
                 ("device", self.device, "--device"),
