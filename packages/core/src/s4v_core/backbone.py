@@ -28,6 +28,7 @@ from torch import nn
 from s4v_core.backbone_eva import FrozenEVA, eva_head_keys, is_eva_tower
 from s4v_core.backbone_vit import FrozenViT
 from s4v_core.clip_configs import register_model_configs
+from s4v_core.eva_reference import open_clip_eva_state, reference_eva_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,9 @@ def create_clip(
         name: open_clip model name (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``s4v-tiny``, ...).
         pretrained: an open_clip pretrained tag, a path to a local weights file, or None for
             random weights. A local file may hold the whole CLIP, only its ``visual.`` tower, or
-            be a released Side4Video checkpoint (whose frozen ViT is then used).
+            be a released Side4Video checkpoint (whose frozen ViT is then used; for an EVA
+            release or retrieval file, its tower under the reference's EVA names, see
+            :func:`s4v_core.eva_reference.open_clip_eva_state`).
         need_projection: whether the image tower's ``ln_post`` and ``proj`` must be loaded too
             (a Side4Video checkpoint does not have them).
 
@@ -190,7 +193,14 @@ def create_clip(
         with _quiet_root_warning("No pretrained weights loaded"):  # they are loaded just below
             model = open_clip.create_model(name, pretrained=None)
         state = read_clip_state_dict(pretrained)
-        if _is_side4video_release(state):
+        if reference_eva_prefix(state) is not None:  # a Side4Video EVA file: reference names
+            state = {
+                f"visual.{key}": value
+                for key, value in open_clip_eva_state(
+                    state, model.visual, source=str(pretrained), backbone=name
+                ).items()
+            }
+        elif _is_side4video_release(state):
             state = _release_backbone(state)
         if all(key.startswith("visual.") for key in state):
             visual_state = {key.removeprefix("visual."): value for key, value in state.items()}
