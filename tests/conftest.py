@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,3 +21,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def reference_eva():
+    """The tests' own re-statement of the reference's EVA modules (``tests/reference_eva.py``)."""
+    path = Path(__file__).with_name("reference_eva.py")
+    spec = importlib.util.spec_from_file_location("s4v_test_reference_eva", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from typer.testing import CliRunner
 
-from s4v_core.backbone import create_clip
 from s4v_orchestration.cli import app
 from s4v_orchestration.config import RunConfig
 from s4v_recognition import build_model, load_converted_checkpoint
-from s4v_recognition.checkpoints import eva_reference_side_state, reference_key_map
+from s4v_recognition.releases import reference_key_map
 
 runner = CliRunner()
 
@@ -103,59 +102,47 @@ def test_convert_side4video_names_the_bad_key_and_exits_2(tmp_path) -> None:
     assert not (tmp_path / "o.pt").exists()
 
 
-def _eva_release_from(model: torch.nn.Module) -> dict:
-    """A checkpoint in the reference's EVA layout holding ``model``'s side network and head, and
-    backbone entries (under unknown reference names, never read) that fit nothing."""
-    state = {
-        **eva_reference_side_state(model.encoder.side),
-        "fc.weight": model.head.weight.detach().clone(),
-        "fc.bias": model.head.bias.detach().clone(),
-        "visual.blocks.0.attn.q_proj.weight": torch.zeros(1),
-        "visual.blocks.1.norm1.weight": torch.zeros(1),
-    }
-    return {"epoch": 1, "model_state_dict": {f"module.{k}": v for k, v in state.items()}}
-
-
-def test_convert_side4video_imports_an_eva_release_with_the_backbone_from_pretrained(
-    tmp_path,
-) -> None:
-    # The backbone file is torch.save of a tiny EVA CLIP's state dict; the CLI's own side network
-    # and head are other random weights, so equal logits show that the release supplied them.
-    torch.manual_seed(1)
-    backbone = (tmp_path / "tiny-eva-clip.pt").resolve()
-    torch.save(create_clip("s4v-tiny-eva")[0].state_dict(), backbone)
+def _eva_release(reference_eva, path) -> torch.nn.Module:
+    """A release laid out as the reference's EVA code saves it (tests/reference_eva.py), K=3."""
     torch.manual_seed(0)
-    model = build_model("tiny-eva", 3, pretrained=str(backbone)).eval()
-    with torch.no_grad():
-        model.head.weight.add_(torch.randn_like(model.head.weight))
-    source, target = tmp_path / "model_best.pt", tmp_path / "out" / "tiny-eva.pt"
-    torch.save(_eva_release_from(model), source)
+    visual = reference_eva.EVAVisionTransformer(
+        **reference_eva.tiny_eva_tower(), frames=8, side_dim=128
+    )
+    model = reference_eva.VideoCLIP(visual, 128, 3).eval()
+    torch.save({"epoch": 1, "model_state_dict": model.state_dict()}, path)
+    return model
+
+
+def test_convert_side4video_imports_an_eva_release_whole(tmp_path, reference_eva) -> None:
+    source, target = (tmp_path / "model_best.pt").resolve(), tmp_path / "out" / "tiny-eva.pt"
+    reference = _eva_release(reference_eva, source)
     result = runner.invoke(
         app,
         ["convert", "side4video", str(source), str(target), "--preset", "tiny-eva",
-         "--num-classes", "3", "--pretrained", str(backbone), "--dataset", "ssv2"],
+         "--num-classes", "3", "--dataset", "ssv2"],
         terminal_width=200,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     squeezed = "".join(result.output.split())  # rich wraps long lines at 80 columns
-    assert "wrote" in result.output and f"backbones4v-tiny-evafrom{backbone}" in squeezed
+    assert f"source{source}(sha256" in squeezed
     converted = load_converted_checkpoint(target)
-    assert converted.backbone_identity == model.backbone_identity
     frames = torch.randn(2, 8, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(converted(frames), model(frames))
+        torch.testing.assert_close(converted(frames), reference(frames), rtol=1e-4, atol=1e-5)
     saved = torch.load(target, weights_only=True)
     config = RunConfig.model_validate(saved["config"])
-    assert (config.model.preset, config.model.pretrained) == ("tiny-eva", str(backbone))
+    assert (config.model.preset, config.model.pretrained) == ("tiny-eva", str(source))
     rebuilt = build_model(config.model.preset, 3, pretrained=config.model.pretrained)
     assert rebuilt.backbone_identity == saved["backbone"]
 
 
-def test_convert_side4video_refuses_an_eva_release_with_an_unknown_key(tmp_path) -> None:
-    torch.manual_seed(0)
-    release = _eva_release_from(build_model("tiny-eva", 3))
-    release["model_state_dict"]["module.logit_scale"] = torch.ones(())
+def test_convert_side4video_refuses_an_eva_release_with_an_unknown_key(
+    tmp_path, reference_eva
+) -> None:
     source = tmp_path / "model_best.pt"
+    _eva_release(reference_eva, source)
+    release = torch.load(source, weights_only=True)
+    release["model_state_dict"]["logit_scale"] = torch.ones(())
     torch.save(release, source)
     result = runner.invoke(
         app,
@@ -178,5 +165,5 @@ def test_convert_side4video_refuses_pretrained_for_a_clip_release(tmp_path) -> N
         terminal_width=200,
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "EVA releases only" in result.output
+    assert "carries its frozen" in result.output
     assert not (tmp_path / "o.pt").exists()

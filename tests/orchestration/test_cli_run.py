@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
 from s4v_recognition import build_model
-from s4v_recognition.checkpoints import convert_side4video_checkpoint, reference_key_map
+from s4v_recognition.checkpoints import convert_side4video_checkpoint
+from s4v_recognition.releases import reference_key_map
 
 runner = CliRunner()
 

@@ -44,43 +44,39 @@ def side4video(
     pretrained: Annotated[
         str | None,
         typer.Option(
-            help="EVA releases only (e.g. --preset side4video-e14): the frozen EVA backbone's "
-            "weights, an open_clip tag or a local weights file; default the preset's own tag. "
-            "The release's EVA backbone entries are not read (their reference names are "
-            "unknown). CLIP-path releases carry their backbone: not allowed for them."
+            help="Only for an EVA file saved without its tower (side network and head alone): "
+            "the frozen EVA backbone's weights, an open_clip tag or a local weights file; "
+            "default the preset's own tag. Releases carry their backbone (CLIP and EVA alike) "
+            "and refuse it."
         ),
     ] = None,
 ) -> None:
     """Convert a released Side4Video recognition checkpoint into an s4v checkpoint.
 
-    The file is read with torch.load(weights_only=True); every key is renamed onto s4v's modules and its shape checked. The output holds the side network and head as training runs save them, plus the frozen backbone, so it needs no other file. For an EVA preset the backbone comes from --pretrained instead of the release.
+    The file is read with torch.load(weights_only=True); every key is renamed onto s4v's modules and its shape checked, the frozen backbone's too (an EVA release's tower is mapped onto the preset's open_clip EVA tower). The output holds the side network and head as training runs save them, plus the frozen backbone, so it needs no other file.
     """
     from s4v_orchestration.overrides import load_run_config
-    from s4v_recognition import convert_side4video_checkpoint, get_preset
-    from s4v_recognition.checkpoints import is_eva_preset
+    from s4v_recognition import load_side4video_checkpoint
+    from s4v_recognition.checkpoints import save_converted_checkpoint
 
     # One absolute path for both the backbone identity and the run config, so that they match.
     source = source.resolve()
     if pretrained is not None and Path(pretrained).is_file():
         pretrained = str(Path(pretrained).resolve())
     try:
-        eva = is_eva_preset(preset)
+        model = load_side4video_checkpoint(source, preset, num_classes, pretrained=pretrained)
+        identity = model.backbone_identity
+        from_release = identity["pretrained"] == str(source)
         extra = {}
         if dataset is not None:
+            # The run config rebuilds the backbone from the weights it was loaded from.
             overrides = [f"model.preset={preset}", "model.method=side4video"]
-            shortcuts = []
-            if eva:  # the backbone is rebuilt from the weights it was loaded from
-                backbone = pretrained if pretrained is not None else get_preset(preset).pretrained
-                shortcuts.append(("model.pretrained", backbone, "--pretrained"))
-            else:  # the backbone is rebuilt from the release itself (same weights and identity)
-                overrides.append(f"model.pretrained={source}")
+            shortcuts = [("model.pretrained", identity["pretrained"], "--pretrained")]
             config = load_run_config(
                 "recognition", dataset, overrides=overrides, shortcuts=shortcuts
             )
             extra["config"] = config.model_dump(mode="json")
-        model = convert_side4video_checkpoint(
-            source, target, preset, num_classes, pretrained=pretrained, extra=extra
-        )
+        save_converted_checkpoint(model, preset, source, target, extra=extra)
     except (ValueError, FileNotFoundError) as error:
         err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -89,13 +85,12 @@ def side4video(
     console.print(f"  preset      {preset} ({model.preset.backbone}, {model.num_frames} frames)")
     console.print(f"  classes     {num_classes}")
     console.print(f"  trainable   {trainable:,} parameters")
-    identity = model.backbone_identity
-    if eva:  # the release gave the side network and head, `pretrained` the backbone
+    if from_release:  # the release gave every weight, the frozen backbone included
+        console.print(f"  source      {source} (sha256 {identity['sha256'][:16]}...)")
+    else:  # an EVA file without its tower: the side network and head, `pretrained` the rest
         console.print(f"  source      {source} (side network and head)", highlight=False)
         sha = f" (sha256 {identity['sha256'][:16]}...)" if identity["sha256"] else ""
         weights = identity["pretrained"] or "random weights"
         console.print(f"  backbone    {identity['name']} from {weights}{sha}", highlight=False)
-    else:
-        console.print(f"  source      {source} (sha256 {identity['sha256'][:16]}...)")
     if dataset is not None:
         console.print(f"  evaluate    s4v eval recognition --checkpoint {target}", highlight=False)

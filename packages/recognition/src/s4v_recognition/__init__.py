@@ -1,7 +1,6 @@
 """s4v_recognition: Side4Video action recognition models, presets and checkpoint import."""
 
 from s4v_recognition.checkpoints import (
-    REFERENCE_KEYS,
     convert_side4video_checkpoint,
     load_converted_checkpoint,
     load_side4video_checkpoint,
@@ -9,6 +8,7 @@ from s4v_recognition.checkpoints import (
 from s4v_recognition.config import RecognitionMethod, RecognitionPreset
 from s4v_recognition.model import VideoClassifier, build_model, count_parameters
 from s4v_recognition.presets import METHODS, PRESETS, get_method, get_preset
+from s4v_recognition.releases import REFERENCE_KEYS
 
 __all__ = [
     "METHODS",

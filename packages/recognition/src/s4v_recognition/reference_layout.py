@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from s4v_recognition.checkpoints import convert_reference_state, reference_key_map
 from s4v_recognition.model import VideoClassifier
+from s4v_recognition.releases.clip import convert_reference_state, reference_key_map
 
 
 def _sequence_first_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
