@@ -14,6 +14,7 @@ from s4v_orchestration import __version__
 from s4v_orchestration.commands import bench_sweep as bench_sweep_command
 from s4v_orchestration.commands import convert as convert_command
 from s4v_orchestration.commands import eval as eval_command
+from s4v_orchestration.commands import export as export_command
 from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.commands import predict as predict_command
 from s4v_orchestration.commands import run as run_command
@@ -48,6 +49,7 @@ app.command("sweep")(sweep_command.sweep)
 app.command("runs")(runs_command.runs)
 app.command("ui")(ui_command.ui)
 app.command("predict")(predict_command.predict)
+app.command("export")(export_command.export)
 
 
 def _print_version(value: bool) -> None:
