@@ -38,6 +38,7 @@ from s4v_core.side import (
     TemporalConv,
     run_side_layers,
 )
+from s4v_core.side_eva import EvaSideNetwork
 
 _BERT_STD = 0.02  # CLIP4Clip's init for every nn.Linear
 
@@ -170,11 +171,48 @@ class RetrievalVideoTower(nn.Module):
         return rearrange(embeddings, "(b t) e -> b t e", t=num_frames)
 
 
+class RetrievalEvaSideNetwork(EvaSideNetwork):
+    """The retrieval side network of the reference's EVA variant: per-frame side features.
+
+    ``Retrieval/eva_clip/eva_vit_model.py`` (github.com/HJYao00/Side4Video @ 5d72352) is the
+    recognition EVA network (:class:`~s4v_core.side_eva.EvaSideNetwork`: post-norm blocks with
+    separate q/k/v, taps Linear(D -> C) then LayerNorm(C), an N-row position embedding, side
+    layers after the odd backbone layers) plus a final BatchNorm3d (``side_post_bn``); its output
+    is averaged over space per frame, ``(B, T, C)``, for :class:`RetrievalVideoTower`'s
+    ``side_proj``. Initialisation stays PyTorch's default, as there (that file's model is not
+    CLIP4Clip's, so no BERT init is applied to it).
+    """
+
+    post_norm_layer = True  # side_post_bn
+
+    def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
+        """``(B, T, C)``: the side tokens after the final BatchNorm, averaged over each frame."""
+        if frames.shape[1] != self.num_frames:
+            raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
+        x = self.stem(frames)  # (B*T, N, C)
+        x = run_side_layers(self, x, layer_tokens)
+        x = self.post_norm(x)
+        return rearrange(x, "(b t) n c -> b t n c", t=self.num_frames).mean(dim=2)
+
+
+# The retrieval side networks by the reference file they follow (a preset's ``side_network``).
+RETRIEVAL_SIDE_NETWORKS = {"clip": RetrievalSideNetwork, "eva": RetrievalEvaSideNetwork}
+
+
 def build_retrieval_video_tower(
-    backbone: FrozenViT, config: SideNetworkConfig | None, *, num_frames: int
+    backbone: FrozenViT,
+    config: SideNetworkConfig | None,
+    *,
+    num_frames: int,
+    network: str = "clip",
 ) -> RetrievalVideoTower:
-    """The video tower on ``backbone``: with a side network of ``config``, or plain CLIP if None."""
+    """The video tower on ``backbone``: with a side network of ``config``, or plain CLIP if None.
+
+    ``network`` picks the side network: ``"clip"`` (``Retrieval/modules/module_clip.py``) or
+    ``"eva"`` (``Retrieval/eva_clip/eva_vit_model.py``, :class:`RetrievalEvaSideNetwork`).
+    """
     side = None
     if config is not None:
-        side = side_network_on(RetrievalSideNetwork, config, backbone, num_frames=num_frames)
+        cls = RETRIEVAL_SIDE_NETWORKS[network]
+        side = side_network_on(cls, config, backbone, num_frames=num_frames)
     return RetrievalVideoTower(backbone, side)

@@ -40,6 +40,8 @@ from s4v_retrieval.similarity import (
 )
 from s4v_retrieval.text import CLIPTextTower, build_tokenizer
 
+_FROZEN_DTYPES = {None: None, "bf16": torch.bfloat16}
+
 
 class RetrievalModel(TrainableModule):
     """Video and text towers, a similarity head and CLIP's learned temperature.
@@ -75,6 +77,10 @@ class RetrievalModel(TrainableModule):
         """``{"name", "pretrained", "sha256"}`` of the CLIP weights both towers started from."""
         return dict(self._backbone_identity)
 
+    def set_backbone_identity(self, identity: dict) -> None:
+        """Record where the frozen towers' weights came from (an imported release, ...)."""
+        self._backbone_identity = dict(identity)
+
     @property
     def num_frames(self) -> int:
         return self.preset.num_frames
@@ -87,13 +93,15 @@ class RetrievalModel(TrainableModule):
         """Frames ``(B, T, 3, H, W)`` -> per-frame embeddings ``(B, T, E)`` (all frames valid)."""
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"expected frames (B, T, 3, H, W), got {tuple(frames.shape)}")
-        embeddings = self.video(frames)
+        embeddings = self.video(frames).float()  # fp32 whatever the frozen towers' dtype
         mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
         return VideoFeatures(frames=embeddings, mask=mask)
 
     def encode_text(self, tokens: torch.Tensor) -> TextFeatures:
-        """Token ids ``(B, max_words)`` -> token features ``(B, L, E)``, mask and pooled ``(B, E)``."""
-        return self.text(tokens)
+        """Token ids ``(B, max_words)`` -> token features ``(B, L, E)``, mask and pooled ``(B, E)``
+        (fp32 features, as the reference's ``.float()``, whatever the text tower's dtype)."""
+        text = self.text(tokens)
+        return TextFeatures(tokens=text.tokens.float(), mask=text.mask, pooled=text.pooled.float())
 
     def forward(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Scaled logits ``(B_all, B_all)``, texts on rows, over the batch of every rank."""
@@ -141,7 +149,8 @@ def build_model(
         side_dim: override the preset's side width C.
         max_words: override the preset's tokens per caption.
         similarity: override the preset's similarity head (``wti`` or ``meanP``).
-        train_text: train the text tower (its own parameter group) instead of freezing it.
+        train_text: train the text tower (its own parameter group) instead of freezing it; it
+            then stays fp32 whatever the preset's ``frozen_dtype``.
         grad_checkpointing: recompute the side blocks' activations in backward.
     """
     spec = get_preset(preset)
@@ -159,7 +168,10 @@ def build_model(
         )
 
     clip, identity = create_clip(spec.backbone, pretrained)
-    backbone = freeze_image_tower(clip.visual, identity, with_projection=True)
+    frozen_dtype = _FROZEN_DTYPES[spec.frozen_dtype]
+    backbone = freeze_image_tower(
+        clip.visual, identity, with_projection=True, weights_dtype=frozen_dtype
+    )
     check_image_size(spec.image_size, spec.backbone, backbone.image_size)
     side_config = None
     if builder.side_network:
@@ -169,8 +181,12 @@ def build_model(
             side_layers=spec.side_layers,
             grad_checkpointing=grad_checkpointing,
         )
-    video = build_retrieval_video_tower(backbone, side_config, num_frames=spec.num_frames)
+    video = build_retrieval_video_tower(
+        backbone, side_config, num_frames=spec.num_frames, network=spec.side_network
+    )
     text = CLIPTextTower(clip, context_length=spec.max_words, trainable=train_text)
+    if frozen_dtype is not None and not train_text:
+        text.to(frozen_dtype)  # a frozen tower keeps no fp32 copy; its features come back fp32
     if text.width != video.embed_dim:
         raise ValueError(
             f"{spec.backbone}: text width {text.width} differs from image width {video.embed_dim}"

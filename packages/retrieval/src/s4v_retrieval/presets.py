@@ -30,6 +30,12 @@ class RetrievalPreset:
     # spec 4.3) or None for every layer.
     side_layers: tuple[int, ...] | Literal["odd"] | None = None
     similarity: str = "wti"  # "wti" (reference scripts) or "meanP"
+    # Which reference side network: "clip" (Retrieval/modules/module_clip.py) or "eva"
+    # (Retrieval/eva_clip/eva_vit_model.py: post-norm EVA blocks, side_post_bn, N-row position).
+    side_network: Literal["clip", "eva"] = "clip"
+    # Dtype the frozen vision and text towers are stored and run in ("bf16": half the bytes, no
+    # fp32 copy; the reference keeps EVA-CLIP in fp32) or None to keep the weights' own.
+    frozen_dtype: Literal["bf16"] | None = None
     description: str = ""
 
 
@@ -65,16 +71,48 @@ PRESETS: dict[str, RetrievalPreset] = {
         head_dim=32,
         description="tiny Side4Video retrieval on the 32 px s4v-tiny CLIP, for tests and demos",
     ),
-    # The EVA path at test size: side blocks after the odd layers of the 4-layer s4v-tiny-eva.
+    # Retrieval/eva_clip/eva_modeling.py with EVA02-CLIP-bigE-14 (open_clip EVA02-E-14,
+    # LAION-2B): EVA-CLIP vision and text towers, side blocks after the odd layers, 12 frames,
+    # 32 words, WTI heads of the embedding width E=1024 (the reference hard-codes 1024). The
+    # reference scripts ship no EVA command line, so C is the recognition E/14 configs' 576; the
+    # frozen towers are kept in bf16 (the reference: fp32).
+    "side4video-e14": RetrievalPreset(
+        backbone="EVA02-E-14",
+        pretrained="laion2b_s4b_b115k",
+        num_frames=12,
+        max_words=32,
+        side_dim=576,
+        image_size=224,
+        side_layers="odd",
+        side_network="eva",
+        frozen_dtype="bf16",
+        description="Side4Video retrieval, EVA02-CLIP ViT-E/14, C=576, odd layers, WTI (eva_clip)",
+    ),
+    # The same on EVA02-CLIP-L-14 (open_clip EVA02-L-14, E=768; the reference's WTI width 1024
+    # would not fit it, the embedding width does), at the CLIP L/14 width C=512.
+    "side4video-eva-l14": RetrievalPreset(
+        backbone="EVA02-L-14",
+        pretrained="merged2b_s4b_b131k",
+        num_frames=12,
+        max_words=32,
+        side_dim=512,
+        image_size=224,
+        side_layers="odd",
+        side_network="eva",
+        frozen_dtype="bf16",
+        description="Side4Video retrieval, EVA02-CLIP ViT-L/14, C=512, odd layers, WTI (eva_clip)",
+    ),
+    # The EVA path at test size: the reference's EVA retrieval network after the odd layers of
+    # the 4-layer s4v-tiny-eva, C = 128 (two heads of 64, as the reference's C // 64); fp32.
     "tiny-eva": RetrievalPreset(
         backbone="s4v-tiny-eva",
         pretrained=None,
         num_frames=8,
         max_words=16,
-        side_dim=64,
+        side_dim=128,
         image_size=32,
-        head_dim=32,
         side_layers="odd",
+        side_network="eva",
         description="tiny Side4Video retrieval on the 32 px s4v-tiny-eva EVA-02, for tests",
     ),
 }
