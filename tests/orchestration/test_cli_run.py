@@ -107,6 +107,18 @@ def test_missing_real_dataset_says_what_was_looked_for(in_tmp) -> None:
     assert "--dataset synthetic" in output
 
 
+def test_a_file_that_is_not_a_checkpoint_gives_one_error_line_naming_it(in_tmp) -> None:
+    notes = in_tmp / "notes.txt"
+    notes.write_text("not weights\n")
+    released = in_tmp / "model_best.pt"
+    torch.save({"model_state_dict": {"fc.weight": torch.zeros(2, 2)}}, released)
+    for path, reason in ((notes, "not a torch checkpoint"), (released, "not an s4v checkpoint")):
+        result = _invoke(["eval", "recognition", "--checkpoint", str(path), "--no-tracking"])
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {reason}"), result.output
+
+
 def _release_of(model: torch.nn.Module) -> dict:
     """``model``'s weights in the layout of the reference repository's released checkpoints."""
     ours = model.state_dict()

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from s4v_orchestration.checkpoint import load_checkpoint
+from s4v_core.checkpoint import load_checkpoint
 from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.train import train
 

@@ -14,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from s4v_orchestration.checkpoint import load_checkpoint
+from s4v_core.checkpoint import load_checkpoint, save_checkpoint
 from s4v_orchestration.cli import app
 from s4v_orchestration.config import ConfigError
 from s4v_orchestration.overrides import load_run_config
@@ -120,10 +120,8 @@ def test_two_step_cli_run_logs_ranking_metrics_to_mlflow_and_evaluates(
 
 
 def test_recognition_checkpoint_is_refused_by_eval_retrieval(tmp_path) -> None:
-    from s4v_orchestration.checkpoint import FORMAT, save_checkpoint
-
     path = tmp_path / "rec.pt"
-    save_checkpoint(path, {"format": FORMAT, "task": "recognition", "config": {}})
+    save_checkpoint(path, {"task": "recognition", "backbone": {}, "model": {}, "config": {}})
     result = _invoke(["eval", "retrieval", "--checkpoint", str(path), "--no-tracking"])
     assert result.exit_code == 2
     assert "s4v eval recognition" in result.output

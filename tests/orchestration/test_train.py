@@ -6,7 +6,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+from s4v_core.checkpoint import CheckpointError, load_checkpoint
 from s4v_orchestration.tasks.recognition import RecognitionTask
 from s4v_orchestration.train import NonFiniteLossError, train
 

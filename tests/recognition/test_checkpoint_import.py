@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from s4v_core.weights import WeightsFileError
 from s4v_recognition import (
     build_model,
     convert_side4video_checkpoint,
@@ -330,7 +331,7 @@ def test_files_that_are_not_checkpoints_are_refused_without_unpickling(tmp_path)
     torch.save({"model_state_dict": {"fc.weight": argparse.Namespace(x=1)}}, arbitrary)
     with pytest.raises(ValueError, match="weights_only"):
         load_side4video_checkpoint(arbitrary, "tiny", K)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WeightsFileError, match=r"absent\.pt: no such file"):
         load_side4video_checkpoint(tmp_path / "absent.pt", "tiny", K)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+from s4v_core.checkpoint import CheckpointError, SavedModel, is_self_contained, load_checkpoint
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.overrides import Shortcut, apply_overrides, load_run_config
 from s4v_orchestration.progress import RunProgress
@@ -26,7 +26,7 @@ from s4v_orchestration.runtime import (
 )
 from s4v_orchestration.tasks import Evaluation, get_task
 from s4v_orchestration.tracking import tracked_run
-from s4v_recognition import load_converted_checkpoint
+from s4v_recognition.checkpoints import build_saved_model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,31 +61,24 @@ def evaluate_checkpoint(
     state = load_checkpoint(checkpoint)
     # A converted release carries its frozen backbone: use it as it is, so the file is
     # self-contained (no download, and the original release may have moved).
-    model = load_converted_checkpoint(checkpoint) if "backbone_state_dict" in state else None
+    saved = SavedModel.from_checkpoint(state, checkpoint) if is_self_contained(state) else None
+    model = build_saved_model(saved, checkpoint) if saved is not None else None
     if "config" in state:  # written by a training run (or by `s4v convert --dataset`)
         if dataset is not None:
             shortcuts = [("data.dataset", dataset, "--dataset"), *shortcuts]
         config = apply_overrides(state["config"], overrides, shortcuts)
-    elif model is not None:
+    elif saved is not None:
         if dataset is None:
             raise CheckpointError(
-                f"{checkpoint} is a converted Side4Video release that does not record its "
+                f"{checkpoint}: a converted Side4Video release that does not record its "
                 "dataset: name it with --dataset (e.g. --dataset ssv2 --data-root /data/ssv2)"
             )
-        settings = state["settings"]
-        release: list[Shortcut] = [
-            ("model.preset", state["preset"], str(checkpoint)),
-            ("model.method", state["method"], str(checkpoint)),
-            ("model.pretrained", state["backbone"].get("pretrained"), str(checkpoint)),
-            ("model.side_dim", settings["side_dim"], str(checkpoint)),
-            ("data.num_frames", settings["num_frames"], str(checkpoint)),
-        ]
         config = load_run_config(
-            state.get("task", "recognition"), dataset, overrides=overrides,
-            shortcuts=[*release, *shortcuts],
+            saved.task, dataset, overrides=overrides,
+            shortcuts=[*_saved_model_shortcuts(saved, checkpoint), *shortcuts],
         )  # fmt: skip
     else:
-        raise CheckpointError(f"{checkpoint} holds neither a run config nor a converted model")
+        raise CheckpointError(f"{checkpoint}: holds neither a run config nor a converted model")
     config = config.with_defaults()
     views = f"{config.eval.test_crops}x{config.eval.test_clips}"
     out_dir = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{views}"
@@ -104,14 +97,11 @@ def evaluate_checkpoint(
         parts = task.build(config, with_train_data=False, model=model)
         if parts.backbone_identity != state["backbone"]:
             raise CheckpointError(
-                f"{checkpoint} was trained on backbone {state['backbone']} but the config builds "
+                f"{checkpoint}: trained on backbone {state['backbone']} but the config builds "
                 f"{parts.backbone_identity}; pass the same weights (--pretrained)"
             )
         model = parts.model
-        try:
-            model.load_trainable_state_dict(state["model"])
-        except ValueError as err:
-            raise CheckpointError(f"{checkpoint} does not fit the model: {err}") from None
+        model.load_trainable_state_dict(state["model"], str(checkpoint))
         model.to(device)
         tags = {
             "s4v.task": config.task,
@@ -143,3 +133,15 @@ def evaluate_checkpoint(
         )
     finally:
         close_distributed(env)
+
+
+def _saved_model_shortcuts(saved: SavedModel, checkpoint: Path) -> list[Shortcut]:
+    """The run-config values that rebuild a self-contained checkpoint's model."""
+    source = str(checkpoint)
+    return [
+        ("model.preset", saved.preset, source),
+        ("model.method", saved.method, source),
+        ("model.pretrained", saved.backbone.get("pretrained"), source),
+        ("model.side_dim", saved.side_dim, source),
+        ("data.num_frames", saved.num_frames, source),
+    ]

@@ -23,15 +23,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from s4v_orchestration.checkpoint import (
-    check_resumable,
-    load_checkpoint,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-)
+from s4v_core.checkpoint import load_checkpoint, save_checkpoint
 from s4v_orchestration.config import RunConfig, flatten, to_yaml
 from s4v_orchestration.progress import RunProgress
+from s4v_orchestration.resume import check_resumable, restore_rng_state, rng_state
 from s4v_orchestration.runtime import (
     DistEnv,
     autocast,

@@ -48,13 +48,13 @@ def configure_logging(verbose: bool = False) -> None:
 def user_errors() -> Iterator[None]:
     """Turn expected errors into a red message and exit code 2 (1 for a diverged run)."""
     # Imported here so that `s4v --help` does not load torch, open_clip and MLflow.
+    from s4v_core.weights import WeightsFileError
     from s4v_data.annotations import AnnotationError
-    from s4v_orchestration.checkpoint import CheckpointError
     from s4v_orchestration.config import ConfigError
     from s4v_orchestration.tasks.recognition import DataError
     from s4v_orchestration.train import NonFiniteLossError
 
-    expected = (ConfigError, CheckpointError, DataError, AnnotationError, NonFiniteLossError)
+    expected = (ConfigError, WeightsFileError, DataError, AnnotationError, NonFiniteLossError)
     try:
         yield
     except expected as err:

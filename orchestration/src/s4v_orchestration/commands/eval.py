@@ -179,7 +179,7 @@ def _eval_task(
     the summary below the checkpoint and the dataset.
     """
     # Imported here so that `s4v --help` stays fast (no torch / MLflow import).
-    from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+    from s4v_core.checkpoint import CheckpointError, load_checkpoint
     from s4v_orchestration.evaluate import evaluate_checkpoint
 
     options = pick(EvalOptions, arguments)
@@ -192,7 +192,7 @@ def _eval_task(
             task = load_checkpoint(checkpoint).get("task")
             if task != require_task:
                 raise CheckpointError(
-                    f"{checkpoint} is a {task} checkpoint; evaluate it with `s4v eval {task}`"
+                    f"{checkpoint}: a {task} checkpoint; evaluate it with `s4v eval {task}`"
                 )
         result = evaluate_checkpoint(
             checkpoint,

@@ -18,6 +18,7 @@ from torch import nn
 from s4v_core.backbone import create_clip
 from s4v_core.side import SideNetworkConfig
 from s4v_core.tower import FrozenTower
+from s4v_core.weights import check_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -109,19 +110,14 @@ class TrainableModule(nn.Module):
             if key in trained or key in buffers
         }
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`trainable_state_dict` saved; every key must match, with its shape."""
-        expected = self.trainable_state_dict()
-        missing = sorted(set(expected) - set(state))
-        unknown = sorted(set(state) - set(expected))
-        wrong = [
-            f"{key}: got {tuple(state[key].shape)}, expected {tuple(value.shape)}"
-            for key, value in expected.items()
-            if key in state and state[key].shape != value.shape
-        ]
-        if missing or unknown or wrong:
-            raise ValueError(
-                "trainable state does not fit this model: "
-                f"missing {missing[:5]}, unknown {unknown[:5]}, wrong shapes {wrong[:5]}"
-            )
+    def load_trainable_state_dict(
+        self, state: dict[str, torch.Tensor], source: str = "trainable state"
+    ) -> None:
+        """Load what :meth:`trainable_state_dict` saved; every key must match, with its shape.
+
+        Raises:
+            WeightsFileError: starting with ``source`` (the file it came from), listing the
+                missing, unexpected and wrongly shaped keys.
+        """
+        check_state_dict(state, self.trainable_state_dict(), source)
         self.load_state_dict(state, strict=False)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import warnings
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from s4v_core.backbone_eva import FrozenEVA, eva_head_keys, is_eva_tower
 from s4v_core.backbone_vit import FrozenViT
 from s4v_core.clip_configs import register_model_configs
 from s4v_core.eva_reference import open_clip_eva_state, reference_eva_prefix
+from s4v_core.weights import load_state_dict_strict, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -46,76 +45,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
-
-
 def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read CLIP weights from a local file without unpickling arbitrary objects.
 
-    Accepts OpenAI's TorchScript archives (read with ``torch.jit.load``, which runs no Python
-    pickle), and ``torch.save`` files holding a state dict, optionally under a ``state_dict`` or
-    ``model_state_dict`` key (released Side4Video checkpoints) and with a DDP ``module.`` prefix
-    (read with ``torch.load(weights_only=True)``).
+    Accepts OpenAI's TorchScript archives and ``torch.save`` files holding a state dict, optionally
+    under a ``state_dict`` or ``model_state_dict`` key (released Side4Video checkpoints) and with a
+    DDP ``module.`` prefix (see :func:`s4v_core.weights.read_state_dict`).
 
     Raises:
-        ValueError: when the file holds no tensor state dict.
+        WeightsFileError: when the file holds no tensor state dict.
     """
-    path = Path(path)
-    if _is_torchscript_archive(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", FutureWarning
-            )  # torch.jit is deprecated, OpenAI's files are not
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{path}: not a readable weights file ({error})") from error
-    for wrapper in ("state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = read_state_dict(path, torchscript=True)
     for key in _NON_WEIGHT_KEYS:
         state.pop(key, None)
     return state
-
-
-def load_weights_strict(
-    module: nn.Module,
-    state: dict[str, torch.Tensor],
-    source: str,
-    *,
-    may_miss: tuple[str, ...] = (),
-) -> None:
-    """``module.load_state_dict(state)`` with an error that names the offending keys and shapes.
-
-    Keys in ``may_miss`` may be absent from ``state`` (they keep their current values).
-    """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state) - set(may_miss))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state and state[key].shape != expected[key].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unknown keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    if mismatched:
-        problems.append(f"wrong shapes {mismatched[:5]}")
-    if problems:
-        raise ValueError(f"{source}: weights do not fit the model: " + "; ".join(problems))
-    module.load_state_dict(state, strict=False)
 
 
 @contextlib.contextmanager
@@ -205,9 +148,9 @@ def create_clip(
         if all(key.startswith("visual.") for key in state):
             visual_state = {key.removeprefix("visual."): value for key, value in state.items()}
             head = () if need_projection else _projection_keys(model.visual)
-            load_weights_strict(model.visual, visual_state, str(pretrained), may_miss=head)
+            load_state_dict_strict(model.visual, visual_state, str(pretrained), may_miss=head)
         else:
-            load_weights_strict(model, state, str(pretrained))
+            load_state_dict_strict(model, state, str(pretrained))
         identity["sha256"] = file_sha256(pretrained)
         logger.info("loaded %s weights from %s", name, pretrained)
     elif pretrained is not None:

@@ -1,6 +1,7 @@
 """s4v_recognition: Side4Video action recognition models, presets and checkpoint import."""
 
 from s4v_recognition.checkpoints import (
+    build_saved_model,
     convert_side4video_checkpoint,
     load_converted_checkpoint,
     load_side4video_checkpoint,
@@ -18,6 +19,7 @@ __all__ = [
     "RecognitionPreset",
     "VideoClassifier",
     "build_model",
+    "build_saved_model",
     "convert_side4video_checkpoint",
     "count_parameters",
     "get_method",

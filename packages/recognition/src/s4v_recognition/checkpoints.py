@@ -7,8 +7,9 @@ inside) and ``fc.*`` (head) tensors, possibly with a DDP ``module.`` prefix. The
 in :mod:`s4v_recognition.releases`: :mod:`~s4v_recognition.releases.clip` for the CLIP ViT
 presets, :mod:`~s4v_recognition.releases.eva` for the EVA ones (``side4video-e14``). Both import
 the whole model from the file, frozen backbone included. The files come from the internet, so
-they are read with ``torch.load(weights_only=True)``: tensors and plain containers only, never
-arbitrary pickled objects.
+they are read by :func:`s4v_core.weights.read_state_dict` (``torch.load(weights_only=True)``):
+tensors and plain containers only, never arbitrary pickled objects. Converted files are s4v
+checkpoints (:mod:`s4v_core.checkpoint`), self-contained (:class:`~s4v_core.checkpoint.SavedModel`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 import torch
 
 from s4v_core.backbone import file_sha256
+from s4v_core.checkpoint import SavedModel, load_checkpoint, save_checkpoint
 from s4v_core.side_eva import EvaSideNetwork
+from s4v_core.weights import load_state_dict_strict, read_state_dict
 from s4v_recognition.model import VideoClassifier, build_model
 from s4v_recognition.presets import RecognitionPreset
 from s4v_recognition.releases.clip import convert_reference_state
@@ -28,30 +31,10 @@ from s4v_recognition.releases.eva import load_eva_release
 
 logger = logging.getLogger(__name__)
 
-# The layout of s4v checkpoints (shared with training runs' best.pt / last.pt).
-CHECKPOINT_FORMAT = "s4v-checkpoint"
-CHECKPOINT_VERSION = 1
-
 
 def _read_reference_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"{path}: not a torch checkpoint of tensors (weights_only=True refused it: {error})"
-        ) from error
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_state_dict"), dict):
-        checkpoint = checkpoint["model_state_dict"]
-    if not isinstance(checkpoint, dict) or not checkpoint:
-        raise ValueError(f"{path}: expected a dict with 'model_state_dict', got {type(checkpoint)}")
-    state = {}
-    for key, value in checkpoint.items():
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        state[str(key).removeprefix("module.")] = value
-    return state
+    """A release's ``model_state_dict`` (or bare state dict), DDP ``module.`` prefix dropped."""
+    return read_state_dict(path, wrappers=("model_state_dict",))
 
 
 def _layout(preset: str, num_classes: int) -> VideoClassifier:
@@ -89,7 +72,7 @@ def _load_release(
             "without their tower)"
         )
     model = build_model(preset, num_classes)
-    model.load_state_dict(convert_reference_state(state, model, str(path)), strict=True)
+    load_state_dict_strict(model, convert_reference_state(state, model, str(path)), str(path))
     # The file supplies every weight, the frozen backbone included: it is the backbone's source,
     # exactly as if the model had been built with pretrained=path.
     model.set_backbone_identity(
@@ -167,25 +150,18 @@ def save_converted_checkpoint(
     from_release = identity["pretrained"] == str(source) and identity["sha256"] is not None
     release_sha256 = identity["sha256"] if from_release else file_sha256(source)
     trainable = model.trainable_state_dict()
-    frozen = {k: v for k, v in model.state_dict().items() if k not in trainable}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "task": "recognition",
-            "preset": preset,
-            "method": model.method,
-            "num_classes": model.num_classes,
-            "settings": _settings(model.preset),
-            "backbone": identity,
-            "model": trainable,
-            "backbone_state_dict": frozen,
-            "converted_from": {"path": str(source), "sha256": release_sha256},
-            **(extra or {}),
-        },
-        target,
+    saved = SavedModel(
+        task="recognition",
+        preset=preset,
+        method=model.method,
+        num_classes=model.num_classes,
+        **_settings(model.preset),
+        backbone=identity,
+        trainable=trainable,
+        frozen={k: v for k, v in model.state_dict().items() if k not in trainable},
     )
+    converted_from = {"path": str(source), "sha256": release_sha256}
+    save_checkpoint(target, {**saved.fields(), "converted_from": converted_from, **(extra or {})})
     logger.info("converted %s -> %s", source, target)
 
 
@@ -193,25 +169,25 @@ def _settings(spec: RecognitionPreset) -> dict:
     return {k: v for k, v in asdict(spec).items() if k in ("num_frames", "side_dim", "dropout")}
 
 
-def load_converted_checkpoint(path: str | Path) -> VideoClassifier:
-    """The model saved by :func:`convert_side4video_checkpoint`, in eval mode."""
-    path = Path(path)
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable s4v checkpoint ({error})") from error
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an s4v checkpoint (format {CHECKPOINT_FORMAT!r})")
-    if "backbone_state_dict" not in saved:
-        raise ValueError(f"{path}: holds no backbone weights; it is not a converted release")
-    model = build_model(
-        saved["preset"], saved["num_classes"], method=saved["method"], **saved["settings"]
-    )
-    frozen = saved["backbone_state_dict"]
-    unknown = sorted(set(frozen) - set(model.state_dict()))
-    if unknown:
-        raise ValueError(f"{path}: unknown backbone key {unknown[0]!r}")
-    model.load_trainable_state_dict(saved["model"])
-    model.load_state_dict(frozen, strict=False)
-    model.set_backbone_identity(saved["backbone"])
+def build_saved_model(saved: SavedModel, source: str | Path = "checkpoint") -> VideoClassifier:
+    """The recognition model a self-contained checkpoint stores (see
+    :class:`s4v_core.checkpoint.SavedModel`), in eval mode, its backbone from the file's weights.
+
+    Raises:
+        WeightsFileError: naming ``source`` and the keys that do not fit the rebuilt model.
+    """
+    model = build_model(saved.preset, saved.num_classes, method=saved.method, **saved.settings)
+    load_state_dict_strict(model, {**saved.frozen, **saved.trainable}, str(source))
+    model.set_backbone_identity(saved.backbone)
     return model.eval()
+
+
+def load_converted_checkpoint(path: str | Path) -> VideoClassifier:
+    """The model saved by :func:`convert_side4video_checkpoint`, in eval mode.
+
+    Raises:
+        WeightsFileError: the file is missing, unreadable, not a self-contained s4v checkpoint
+            (:class:`~s4v_core.checkpoint.CheckpointError`), or its weights do not fit.
+    """
+    saved = SavedModel.from_checkpoint(load_checkpoint(path), path)
+    return build_saved_model(saved, path)

@@ -30,6 +30,7 @@ import torch
 
 from s4v_core.backbone import file_sha256
 from s4v_core.eva_reference import convert_eva_side, convert_eva_tower, split_reference_eva
+from s4v_core.weights import load_state_dict_strict
 from s4v_recognition.model import VideoClassifier, build_model
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def load_eva_release(
         backbone = pretrained if pretrained is not None else layout.preset.pretrained
         logger.info("%s holds no EVA tower; the backbone comes from %s", path, backbone)
         model = build_model(preset, num_classes, pretrained=backbone)
-        model.load_trainable_state_dict(trainable)
+        model.load_trainable_state_dict(trainable, source)
         return model.eval()
     if pretrained is not None:
         raise ValueError(
@@ -135,7 +136,7 @@ def load_eva_release(
             f"pretrained={pretrained!r} would replace it: leave it out"
         )
     model = build_model(preset, num_classes)
-    model.load_state_dict(tower | trainable, strict=True)
+    load_state_dict_strict(model, tower | trainable, source)
     model.set_backbone_identity(
         {"name": layout.preset.backbone, "pretrained": source, "sha256": file_sha256(path)}
     )

@@ -1,25 +1,20 @@
-"""Training checkpoints: atomic writes, safe loads and a compatibility check before resuming.
+"""Resuming training: the compatibility check of a checkpoint against the run, and RNG states.
 
-A checkpoint holds only what was trained (side network, head, BatchNorm statistics; never the frozen
-backbone), the optimizer, scheduler and gradient-scaler states, the RNG states, the epoch and step
-counters, the resolved run config and the backbone's identity. It is a plain dict of tensors and
-Python primitives, so it loads with ``torch.load(..., weights_only=True)``.
+The file format (fields, atomic save, validated load) is :mod:`s4v_core.checkpoint`'s; a training
+run's checkpoint adds the optimizer, scheduler and gradient-scaler states, the RNG states of
+every rank (:func:`rng_state`), the epoch and step counters and the resolved run config.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-FORMAT = "s4v-checkpoint"
-VERSION = 1
+from s4v_core.checkpoint import CheckpointError
 
 # Config fields that may differ between a checkpoint and the run that resumes it: they change where
 # things are written or read and how the run is watched, never the numbers it computes.
@@ -34,54 +29,6 @@ RESUME_INDEPENDENT_FIELDS = (
     "data.num_workers",
     "solver.max_steps",
 )
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or does not belong to this run."""
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
-
-    A run killed while saving leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read an s4v checkpoint on the CPU with ``weights_only=True`` (no arbitrary code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CheckpointError(
-            f"{path} is not a readable s4v checkpoint (or holds objects that are not plain "
-            f"tensors and Python values): {err}"
-        ) from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not an s4v checkpoint; released Side4Video weights must first be "
-            "converted with `s4v convert side4video`"
-        )
-    if state.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {state.get('version')}, this s4v reads {VERSION}"
-        )
-    return state
 
 
 def _without(tree: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
