@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from s4v_core.checkpoint import save_checkpoint
 from s4v_data import read_labels
-from s4v_orchestration.checkpoint import save_checkpoint
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.tasks.recognition import build_recognition_model
 from s4v_orchestration.tasks.retrieval import build_retrieval_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s4v_orchestration.checkpoint import load_checkpoint, save_checkpoint
+from s4v_core.checkpoint import load_checkpoint, save_checkpoint
 from s4v_orchestration.inference import ModelLoadError, load_model, load_recognizer
 
 

@@ -31,7 +31,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from s4v_core.backbone import file_sha256
-from s4v_orchestration.checkpoint import CheckpointError, load_checkpoint
+from s4v_core.checkpoint import CheckpointError, is_self_contained, load_checkpoint
+from s4v_core.weights import WeightsFileError
 from s4v_orchestration.config import MODEL_REGISTRIES, RunConfig
 from s4v_orchestration.inference.media import Preprocessing
 from s4v_orchestration.tasks.recognition import build_recognition_model
@@ -121,16 +122,15 @@ def _read_export(folder: Path) -> _Stored:
 def _read_checkpoint(path: Path) -> _Stored:
     try:
         state = load_checkpoint(path)
-    except CheckpointError as err:
+    except WeightsFileError as err:
         raise ModelLoadError(str(err)) from None
-    if "backbone_state_dict" in state:
+    if is_self_contained(state):
         raise ModelLoadError(
             f"{path} is a converted Side4Video release; test it with `s4v eval recognition`. "
             "Only checkpoints of s4v runs and their exports can be used for prediction."
         )
-    for key in ("task", "config", "backbone", "model"):
-        if key not in state:
-            raise ModelLoadError(f"{path}: the checkpoint has no {key!r} entry")
+    if "config" not in state:  # load_checkpoint checked the fields every checkpoint has
+        raise ModelLoadError(f"{path}: the checkpoint has no 'config' entry")
     info = {
         "epoch": state.get("epoch"),
         "best": state.get("best"),
@@ -273,9 +273,9 @@ def load_model(
             "trained with (another torch version draws differently); it cannot be rebuilt here"
         )
     try:
-        model.load_trainable_state_dict(stored.state)
-    except ValueError as err:
-        raise ModelLoadError(f"{source}: its trained weights do not fit the model: {err}") from None
+        model.load_trainable_state_dict(stored.state, str(source))
+    except WeightsFileError as err:
+        raise ModelLoadError(str(err)) from None
     model.eval().to(device)
     return LoadedModel(
         task=stored.task,
