@@ -39,6 +39,7 @@ from s4v_core.eva_reference import (
     convert_eva_tower,
     split_reference_eva,
 )
+from s4v_core.weights import load_state_dict_strict
 from s4v_retrieval.model import RetrievalModel, build_model
 from s4v_retrieval.presets import get_preset
 
@@ -129,15 +130,13 @@ def load_retrieval_release(path: str | Path, preset: str) -> RetrievalModel:
             another model), or a file that is not a state dict of tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
     state = read_clip_state_dict(path)
     get_preset(preset)  # a clear error for an unknown name before anything is built
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         layout = build_model(preset)
     converted = convert_retrieval_release(state, layout, str(path))
     model = build_model(preset)
-    model.load_state_dict(converted, strict=True)
+    load_state_dict_strict(model, converted, str(path))
     model.set_backbone_identity(
         {"name": model.preset.backbone, "pretrained": str(path), "sha256": file_sha256(path)}
     )
