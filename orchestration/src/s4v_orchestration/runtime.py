@@ -27,6 +27,9 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # this process joined the group here (and leaves it at the end)
+    # In a process group (launched by torchrun), even of one process: collectives and DDP then
+    # run, so `torchrun --nproc_per_node=1` exercises the NCCL path on a single GPU.
+    in_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -34,7 +37,7 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.in_group
 
     def barrier(self) -> None:
         if self.distributed:
@@ -75,10 +78,14 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: torch.device) -> DistEnv:
-    """Join the ``torchrun`` process group when launched by it; a single process otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Join the ``torchrun`` process group when launched by it; a single process otherwise.
+
+    ``torchrun`` sets ``RANK`` and ``WORLD_SIZE`` (1 with ``--nproc_per_node=1``); a plain
+    ``s4v run`` sets neither and runs without a process group.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistEnv()
+    world_size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     owns_group = not dist.is_initialized()  # e.g. Ray Train has already set it up
     if owns_group:
@@ -91,6 +98,7 @@ def init_distributed(device: torch.device) -> DistEnv:
         world_size=world_size,
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         owns_group=owns_group,
+        in_group=True,
     )
 
 

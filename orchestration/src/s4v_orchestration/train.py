@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -282,7 +283,7 @@ def _open_tracking(run: _Run, state: TrainState) -> contextlib.AbstractContextMa
         tracking_uri=config.tracking.uri,
         experiment=config.tracking.experiment,
         run_name=config.tracking.run_name or _run_name(config, run.env),
-        tags=_tags(config, run.parts, run.env, run.precision),
+        tags=_tags(config, run.parts, run.env, run.precision, run.device),
         parent_run_id=config.tracking.parent_run_id,
         continue_run_id=state.run_id,
         system_metrics=config.tracking.system_metrics,
@@ -567,7 +568,9 @@ def _run_name(config: RunConfig, env: DistEnv) -> str:
     )
 
 
-def _tags(config: RunConfig, parts: TaskParts, env: DistEnv, precision: str) -> dict[str, str]:
+def _tags(
+    config: RunConfig, parts: TaskParts, env: DistEnv, precision: str, device: torch.device
+) -> dict[str, str]:
     return {
         "s4v.task": config.task,
         "s4v.dataset": config.data.dataset,
@@ -577,7 +580,16 @@ def _tags(config: RunConfig, parts: TaskParts, env: DistEnv, precision: str) -> 
         "s4v.method": config.model.method,
         "s4v.world_size": str(env.world_size),
         "s4v.precision": precision,
+        "s4v.device": _device_name(device),
+        "s4v.dist_backend": dist.get_backend() if env.distributed else "none",
     }
+
+
+def _device_name(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)``, ``cpu``: which card a run (or a Ray trial) got."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _describe_run(run: _Run, tracker: Tracker) -> str:
