@@ -114,3 +114,36 @@ def test_bench_data_reports_rates_and_both_target_ratios(tmp_path) -> None:
         assert row in result.output
     assert "rawframes / video loader" in result.output
     assert "video loader / raw decord" in result.output
+
+
+def test_bench_data_per_worker_rates_size_the_workers_for_a_feed_rate(tmp_path) -> None:
+    result = runner.invoke(
+        app,
+        ["bench", "data", "--size", "32", "--video-frames", "16", "--videos-per-class", "2",
+         "--repeats", "1", "--data-dir", str(tmp_path / "bench"), "--per-worker", "0,1",
+         "--feed", "1000000"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cells = r"│\s*(rawframes|video)\s*│\s*(\d)\s*│\s*([\d.]+)\s*│\s*([\d.]+)\s*│"
+    rows = re.findall(cells, result.output)
+    assert sorted((source, workers) for source, workers, _, _ in rows) == [
+        ("rawframes", "0"), ("rawframes", "1"), ("video", "0"), ("video", "1"),
+    ]  # fmt: skip
+    for _, workers, rate, per_worker in rows:
+        assert float(rate) > 0 and float(per_worker) == pytest.approx(float(rate), abs=0.06)
+    # a million clips/s needs many workers at these per-worker rates; the count is printed
+    needed = re.findall(r"^(rawframes|video): about (\d+) workers keep", result.output, re.M)
+    assert {source for source, _ in needed} == {"rawframes", "video"}
+    assert all(int(count) > 100 for _, count in needed)
+
+
+def test_bench_data_per_worker_rejects_bad_counts(tmp_path) -> None:
+    result = runner.invoke(
+        app,
+        ["bench", "data", "--size", "32", "--video-frames", "16", "--videos-per-class", "2",
+         "--repeats", "1", "--data-dir", str(tmp_path / "bench"), "--per-worker", "one,2"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--per-worker takes comma-separated worker counts" in result.output

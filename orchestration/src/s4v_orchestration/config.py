@@ -9,6 +9,7 @@ path (and, for a YAML file, the line).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from pydantic import (
 
 import s4v_recognition
 import s4v_retrieval
+from s4v_data.dataset import available_workers
 from s4v_data.specs import TASK_DATASETS
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
@@ -70,8 +72,19 @@ class DataConfig(_Section):
     # Horizontal flip in training: None keeps the dataset's rule (label-swapping for
     # Something-Something and synthetic, plain for Kinetics); "none" turns it off.
     flip: Literal["swap-labels", "plain", "none"] | None = None
-    num_workers: NonNegativeInt = 4
+    # Loader worker processes per training process; "auto": the cores this process may use,
+    # shared by the node's torchrun processes, one kept for the process (s4v_data.available_workers).
+    num_workers: NonNegativeInt | Literal["auto"] = "auto"
+    prefetch_factor: PositiveInt | None = None  # batches each worker loads ahead (None: torch's 2)
+    # Keep the validation and test loaders' workers (and decoders) alive between evaluations.
+    persistent_workers: bool = True
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    def workers(self) -> int:
+        """``num_workers`` resolved: ``auto`` becomes this machine's share for this process."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        return available_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 # Model presets and methods of each task (checked against ``task`` by RunConfig).

@@ -27,6 +27,8 @@ RESUME_INDEPENDENT_FIELDS = (
     "eval",
     "data.root",
     "data.num_workers",
+    "data.prefetch_factor",
+    "data.persistent_workers",
     "solver.max_steps",
 )
 

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from s4v_core.checkpoint import load_checkpoint, save_checkpoint
 from s4v_orchestration.config import RunConfig, flatten, to_yaml
@@ -130,6 +131,8 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
+    # Built once and kept: with data.persistent_workers its workers stay up between validations.
+    val_loader: DataLoader
 
     @property
     def out_dir(self) -> Path:
@@ -185,6 +188,7 @@ def _run(
         scheduler=scheduler,
         scaler=scaler,
         steps_per_epoch=steps_per_epoch,
+        val_loader=task.val_loader(parts, config, env=env),
     )
 
     with _open_tracking(run, state) as tracker, ui:
@@ -330,8 +334,7 @@ def _train_epochs(
 
 def _validate(run: _Run) -> dict[str, float]:
     """Validation metrics over all ranks, prefixed ``val/``."""
-    val_loader = run.task.val_loader(run.parts, run.config, env=run.env)
-    val = run.task.validate(run.model, val_loader, run.device, run.env, track=run.ui.track)
+    val = run.task.validate(run.model, run.val_loader, run.device, run.env, track=run.ui.track)
     return {f"val/{k}": v for k, v in val.items()}
 
 

@@ -22,6 +22,7 @@ from s4v_orchestration.commands.bench_plan import PLAN_ABOVE_PARAMS, memory_plan
 from s4v_orchestration.paths import default_cache_dir
 
 if TYPE_CHECKING:
+    from s4v_data.synthetic import SyntheticInfo
     from s4v_recognition.benchmark import MemoryBenchConfig, MethodResult
 
 bench_app = typer.Typer(help="Measure speed and memory.", no_args_is_help=True)
@@ -48,6 +49,21 @@ def data(
     workers: Annotated[
         int, typer.Option(help="Loader worker processes (decord-raw always uses one process).")
     ] = 0,
+    per_worker: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated worker counts, e.g. 0,1,2,4: also time training clips at each "
+            "count (rawframes and video) and print clips/s per worker, to size data.num_workers."
+        ),
+    ] = None,
+    feed: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Training clips/s to keep fed (e.g. a GPU's, from scripts/gpu-check or `s4v "
+            "bench memory`): with --per-worker, prints the workers each source needs for it.",
+        ),
+    ] = None,
     repeats: Annotated[int, typer.Option(help="Timed passes; the table shows medians.")] = 5,
     data_dir: Annotated[
         Path | None,
@@ -106,6 +122,47 @@ def data(
         f"medians of {repeats} passes after a warm-up; timings on a shared CPU are noisy",
         style="dim",
     )
+    if per_worker is not None:
+        _print_per_worker(info, per_worker, num_frames, batch_size, repeats, feed)
+
+
+def _print_per_worker(
+    info: SyntheticInfo,
+    counts: str,
+    num_frames: int,
+    batch_size: int,
+    repeats: int,
+    feed: float | None,
+) -> None:
+    """Training-clip throughput per worker count, and how many workers keep ``feed`` clips/s fed."""
+    from s4v_data.bench import bench_workers, workers_to_feed
+
+    try:
+        workers = sorted({int(c) for c in counts.split(",") if c.strip()})
+    except ValueError:
+        _fail(f"--per-worker takes comma-separated worker counts such as 0,1,2,4, not {counts!r}")
+    if not workers or min(workers) < 0:
+        _fail(f"--per-worker takes worker counts of 0 or more, not {counts!r}")
+    with console.status("timing training clips per worker count"):
+        rows = bench_workers(
+            info, workers, num_frames=num_frames, batch_size=batch_size, repeats=repeats
+        )
+    table = Table(title="training clips (random sampling and augmentation) per worker count")
+    for column in ("source", "workers", "clips/s", "clips/s per worker"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for row in rows:
+        table.add_row(
+            row.source, str(row.workers), f"{row.clips_per_s:.1f}", f"{row.per_worker:.1f}"
+        )
+    console.print(table)
+    if feed is not None:
+        for source in ("rawframes", "video"):
+            needed = workers_to_feed(rows, source, feed)
+            if needed is not None:
+                console.print(
+                    f"{source}: about {needed} workers keep {feed:g} training clips/s fed "
+                    "(--set data.num_workers=N; per-worker rates of this machine's cores)"
+                )
 
 
 @bench_app.command("memory")

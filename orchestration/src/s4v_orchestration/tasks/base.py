@@ -182,3 +182,14 @@ def eval_sampler(dataset: Dataset, env: DistEnv) -> ShardSampler:
 
 def eval_batch_size(config: RunConfig) -> int:
     return config.eval.batch_size or config.data.batch_size
+
+
+def worker_options(config: RunConfig, *, persistent: bool = False) -> dict[str, Any]:
+    """DataLoader keywords for ``data.num_workers`` (``auto`` resolved), the prefetch factor and
+    persistent workers (both only meaningful with workers)."""
+    workers = config.data.workers()
+    return {
+        "num_workers": workers,
+        "prefetch_factor": config.data.prefetch_factor if workers else None,
+        "persistent_workers": persistent and workers > 0,
+    }

@@ -189,7 +189,8 @@ class RecognitionTask(Task):
             batch_size=config.data.batch_size,
             shuffle=False,
             sampler=sampler,
-            num_workers=config.data.num_workers,
+            num_workers=config.data.workers(),
+            prefetch_factor=config.data.prefetch_factor,
             seed=config.seed + epoch,
             drop_last=True,
         )
@@ -202,7 +203,9 @@ class RecognitionTask(Task):
             batch_size=eval_batch_size(config),
             shuffle=False,
             sampler=eval_sampler(dataset, env),
-            num_workers=config.data.num_workers,
+            num_workers=config.data.workers(),
+            prefetch_factor=config.data.prefetch_factor,
+            persistent_workers=config.data.persistent_workers,
             seed=config.seed,
         )
 

@@ -35,6 +35,7 @@ from s4v_orchestration.tasks.base import (
     generate_synthetic,
     no_track,
     train_sampling,
+    worker_options,
 )
 from s4v_orchestration.tasks.recognition import DataNotFoundError
 from s4v_retrieval import PRESETS, build_model, tokenizer_for
@@ -171,9 +172,9 @@ class RetrievalTask(Task):
             items,
             batch_size=config.data.batch_size,
             sampler=sampler,
-            num_workers=config.data.num_workers,
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
+            **worker_options(config),
         )
 
     def _eval_loader(self, dataset: RetrievalVideos, config: RunConfig, env: DistEnv) -> DataLoader:
@@ -181,8 +182,8 @@ class RetrievalTask(Task):
             dataset,
             batch_size=eval_batch_size(config),
             sampler=eval_sampler(dataset, env),
-            num_workers=config.data.num_workers,
             pin_memory=torch.cuda.is_available(),
+            **worker_options(config, persistent=config.data.persistent_workers),
         )
 
     def val_loader(self, parts: TaskParts, config: RunConfig, *, env: DistEnv) -> DataLoader:

@@ -12,9 +12,10 @@ All three read the same frames (deterministic val sampling of the same videos) i
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from s4v_data.sampling import ClipPlan
 from s4v_data.specs import DATASETS
 from s4v_data.synthetic import SyntheticInfo
 
-__all__ = ["BenchRow", "bench_data"]
+__all__ = ["BenchRow", "WorkerRow", "bench_data", "bench_workers", "workers_to_feed"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,3 +128,71 @@ def bench_data(
     finally:
         torch.set_num_threads(threads)
     return rows
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerRow:
+    """Loader throughput with ``workers`` processes (median over repeats)."""
+
+    source: Source
+    workers: int
+    clips_per_s: float
+
+    @property
+    def per_worker(self) -> float:
+        """Clips/s each worker adds (the in-process loader counts as one worker)."""
+        return self.clips_per_s / max(1, self.workers)
+
+
+def bench_workers(
+    info: SyntheticInfo,
+    workers: Sequence[int],
+    *,
+    sources: Sequence[Source] = ("rawframes", "video"),
+    num_frames: int = 8,
+    batch_size: int = 8,
+    repeats: int = 3,
+) -> list[WorkerRow]:
+    """Training-mode clips/s of the loader at each worker count, for sizing ``data.num_workers``.
+
+    Training clips (random sampling and augmentation, as a training run loads them) of the
+    generated dataset's training list, through :func:`make_loader` with persistent workers.
+    """
+    spec = DATASETS["synthetic"]
+    size = round(info.size * 224 / 256)
+    rows = []
+    for source in sources:
+        dataset = VideoClipDataset(
+            info.train_list if source == "rawframes" else info.train_video_list,
+            info.root,
+            spec=spec,
+            num_frames=num_frames,
+            mode="train",
+            input_size=size,
+            source=source,
+        )
+        for count in workers:
+            loader = make_loader(
+                dataset,
+                batch_size=batch_size,
+                shuffle=True,
+                num_workers=count,
+                pin_memory=False,
+                persistent_workers=True,
+            )
+            rates = _timed(lambda loader=loader: sum(len(y) for _, y in loader), repeats)
+            rows.append(
+                WorkerRow(source=source, workers=count, clips_per_s=statistics.median(rates))
+            )
+    return rows
+
+
+def workers_to_feed(rows: Sequence[WorkerRow], source: Source, clips_per_s: float) -> int | None:
+    """Workers needed to load ``clips_per_s`` (e.g. a GPU's training rate) from ``source``.
+
+    Extrapolated from the best per-worker rate measured with workers; None without such a row.
+    """
+    rates = [r.per_worker for r in rows if r.source == source and r.workers > 0]
+    if not rates:
+        return None
+    return max(1, math.ceil(clips_per_s / max(rates)))

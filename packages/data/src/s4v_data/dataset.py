@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -33,7 +34,13 @@ from s4v_data.sampling import ClipPlan, Mode
 from s4v_data.specs import DatasetSpec, FlipMode
 from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
 
-__all__ = ["SkipBadSamples", "VideoClipDataset", "collate_clips", "make_loader"]
+__all__ = [
+    "SkipBadSamples",
+    "VideoClipDataset",
+    "available_workers",
+    "collate_clips",
+    "make_loader",
+]
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +273,7 @@ def make_loader(
     pin_memory: bool | None = None,
     skip_bad_samples: bool = True,
     persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
     """A DataLoader of ``(clips, labels)`` batches with seeded shuffling and workers.
 
@@ -284,6 +292,7 @@ def make_loader(
         pin_memory: default: when CUDA is available.
         skip_bad_samples: wrap in :class:`SkipBadSamples` (a bad video is replaced and logged).
         persistent_workers: keep workers (and their decoder processes) alive between epochs.
+        prefetch_factor: batches each worker loads ahead (torch's default 2 when None).
     """
     if skip_bad_samples and not isinstance(dataset, SkipBadSamples):
         dataset = SkipBadSamples(dataset)
@@ -299,4 +308,19 @@ def make_loader(
         drop_last=drop_last,
         generator=generator,
         persistent_workers=persistent_workers and num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
+
+
+def available_workers(processes_on_node: int = 1, *, cap: int = 16) -> int:
+    """Loader workers per process that use this machine's cores and leave one for the process.
+
+    The cores this process may run on (its CPU affinity, which SLURM and containers narrow) are
+    shared by the training processes of the node (``torchrun``'s ``LOCAL_WORLD_SIZE``); each
+    process keeps one core for itself. At least 1, at most ``cap``.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return max(1, min(cap, cores // max(1, processes_on_node) - 1))
