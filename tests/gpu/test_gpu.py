@@ -6,6 +6,7 @@ only (no downloads); the synthetic data is generated here, small.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,38 @@ def test_ray_trial_on_half_a_gpu_sees_the_device(synthetic_root, tmp_path) -> No
     assert len(trials) == 1
     assert trials[0].data.tags["s4v.device"].startswith("cuda")
     assert trials[0].data.tags["s4v.precision"] in ("bf16", "fp16")
+
+
+def _predict(checkpoint: Path, videos: Path, device: str) -> list[dict]:
+    command = [
+        sys.executable, "-m", "s4v_orchestration", "predict", str(checkpoint), str(videos),
+        "--format", "json", "--device", device, "--no-progress", "--workers", "0",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_predict_on_cuda_gives_the_cpu_labels(synthetic_root, tmp_path) -> None:
+    out = tmp_path / "run"
+    sets = [
+        arg
+        for k, v in {**SYNTHETIC, "data.root": synthetic_root, "output_dir": out}.items()
+        for arg in ("--set", f"{k}={v}")
+    ]
+    command = [
+        sys.executable, "-m", "s4v_orchestration", "run", "recognition", "--dataset",
+        "synthetic", "--no-tracking", "--device", "cpu", *sets,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    videos = synthetic_root / "videos"
+    cpu = _predict(out / "best.pt", videos, "cpu")
+    cuda = _predict(out / "best.pt", videos, "cuda")
+    assert len(cpu) == len(cuda) == len(list(videos.glob("*.mp4")))
+    for on_cpu, on_cuda in zip(cpu, cuda, strict=True):
+        assert on_cpu["path"] == on_cuda["path"]
+        for a, b in zip(on_cpu["segments"], on_cuda["segments"], strict=True):
+            assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
+            for x, y in zip(a["top_k"], b["top_k"], strict=True):
+                assert abs(x["probability"] - y["probability"]) < 1e-3
