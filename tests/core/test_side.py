@@ -132,7 +132,7 @@ def test_only_the_configured_layers_are_read() -> None:
 
 def test_config_rejects_widths_that_heads_cannot_split() -> None:
     with pytest.raises(ValueError, match="multiple of head_dim"):
-        SideNetworkConfig(side_dim=224)  # 224 // 64 = 3 heads do not divide 224 (spec 1.4)
+        SideNetworkConfig(side_dim=224)  # C // 64 = 3 heads (clip/model.py) do not divide 224
     with pytest.raises(ValueError, match="increasing"):
         SideNetworkConfig(side_layers=(2, 1))
 

@@ -129,7 +129,7 @@ def test_output_is_the_mean_of_the_last_block_tokens_without_a_final_batchnorm()
 def _hand_written_block(
     block: EvaSideBlock, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor
 ) -> torch.Tensor:
-    """Spec 1.8's equations, channels-first, with the weights in their Conv3d / per-head shapes:
+    """The side block of the reference's ``Recognition/eva_clip/eva_vit_model.py``, channels-first, with the weights in their Conv3d / per-head shapes:
 
     x <- x + BN3d(conv(x)); x <- x + LN(attn(z)); x <- x + BN3d(MLP(x)), in training mode.
     """

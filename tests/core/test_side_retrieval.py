@@ -1,4 +1,5 @@
-"""The retrieval video tower starts as plain CLIP and its side network follows spec 4.1."""
+"""The retrieval video tower starts as plain CLIP and its side network follows the
+reference's ``Retrieval/modules/module_clip.py`` (github.com/HJYao00/Side4Video @ 5d72352)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Retrieval annotation layouts (MSR-VTT, MSVD, VATEX) parse small files written here, and the
-retrieval frame samplers follow spec 4.4."""
+retrieval frame samplers follow strategies 1, 3 and 4 of ``RawFramesExtractorCV2`` in the reference's
+``Retrieval/dataloaders/rawframes_util.py`` (github.com/HJYao00/Side4Video @ 5d72352)."""
 
 from __future__ import annotations
 

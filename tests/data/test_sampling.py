@@ -1,4 +1,5 @@
-"""Frame sampling formulas (spec 3.2) against indices computed by hand (0-based)."""
+"""Frame sampling formulas (the reference's ``Recognition/datasets/sth.py`` and ``kinetics.py``,
+github.com/HJYao00/Side4Video @ 5d72352) against indices computed by hand (0-based)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Released Side4Video checkpoints: key mapping, logits parity with the reference maths, errors.
 
-The checkpoints are written here in the reference key layout (spec section 8) at the tiny preset's
+The checkpoints are written here in the reference key layout (``model_best.pt`` as the reference's
+``Recognition/train_vision.py`` saves the modules of ``Recognition/clip/model.py``, github.com/HJYao00/Side4Video @ 5d72352) at the tiny preset's
 dimensions, and the expected logits come from an independent, sequence-first re-statement of the
-reference forward (spec sections 1.2-1.4) using only torch.nn.functional on the raw state dict.
+reference forward (``VisualTransformer`` with its ``AttnCBlock`` side blocks) using only torch.nn.functional on the raw state dict.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ D, L, HEADS, P, SIZE, T, C, K = 64, 4, 2, 8, 32, 8, 128, 5
 GRID = SIZE // P
 N = GRID * GRID
 
-# Spec section 8, one row per table line ({i} = layer 0..L-1).
+# The reference's state-dict keys, one row per module parameter ({i} = layer 0..L-1).
 SPEC_TABLE = [
     "visual.class_embedding",
     "visual.positional_embedding",
@@ -87,7 +88,7 @@ _FIXED_SHAPES = {
 
 
 def _shape(key: str) -> tuple[int, ...]:
-    """The tensor shape of a reference key at tiny dimensions (spec section 8's shape column)."""
+    """The tensor shape of a reference key at tiny dimensions (the shape ``Recognition/clip/model.py`` gives it)."""
     if key in _FIXED_SHAPES:
         return _FIXED_SHAPES[key]
     module, leaf = key.split(".")[-2:]
@@ -159,7 +160,7 @@ def _mha(q, kv, state: dict, prefix: str, heads: int) -> torch.Tensor:
 
 
 def _reference_logits(state: dict[str, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
-    """Side4Video's forward in the reference's sequence-first layout (spec 1.2-1.4)."""
+    """Side4Video's forward in the reference's sequence-first layout (``Recognition/clip/model.py``)."""
     b = frames.shape[0]
     bt = b * T
 

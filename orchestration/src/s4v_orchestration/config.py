@@ -160,7 +160,7 @@ class RetrievalConfig(_Section):
 
 
 class SolverConfig(_Section):
-    """Optimiser, schedule, loss and numerics (Side4Video spec 2.1)."""
+    """Optimiser, schedule, loss and numerics (the reference's ``Recognition/train_vision.py``)."""
 
     epochs: PositiveInt = 30
     warmup_epochs: NonNegativeFloat = 4.0  # linear warm-up from 0, then cosine to 0 at `epochs`

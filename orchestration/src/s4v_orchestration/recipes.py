@@ -1,6 +1,7 @@
 """Dataset recipes: each dataset's reference training recipe as a partial run config.
 
-A recipe is the first of the three layers a run config is built from (Side4Video spec 2.2; the YAML
+A recipe is the first of the three layers a run config is built from (the reference's ``Recognition/configs/**``,
+github.com/HJYao00/Side4Video @ 5d72352; the YAML
 file and ``--set`` overrides follow, :mod:`s4v_orchestration.overrides`). Recipes attach to the
 dataset names of :data:`s4v_data.specs.TASK_DATASETS`, where each dataset is defined; this module
 checks at import that every dataset there has a recipe and that no recipe names another.
@@ -38,7 +39,8 @@ _SOMETHING_SOMETHING = {
     "eval": {"test_crops": 3, "test_clips": 2},
 }
 
-# Side4Video retrieval scripts (spec 4.3): 5 epochs, lr 1e-4 with 10 % warm-up, BertAdam-like
+# The reference's retrieval scripts (``Retrieval/script_train/run_train_{msrvtt,msvd,vatex}.sh``):
+# 5 epochs, lr 1e-4 with 10 % warm-up, BertAdam-like
 # betas/eps/weight decay, global gradient clipping at 1.0, 12 frames, 32 words, C = 320; global
 # batch 128 (16 per GPU on 8 GPUs: pass --batch-size 16 under torchrun). MSR-VTT and VATEX use
 # ViT-B/16, MSVD ViT-B/32. The text tower stays frozen (the reference's 1e-7 updates are below
@@ -121,7 +123,7 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-# The reference's model-specific recipes (spec 2.2), layered over a dataset's recipe when that model
+# The reference's model-specific recipes (``Recognition/configs/**``), layered over a dataset's recipe when that model
 # preset is chosen: model preset -> dataset -> partial config. ViT-L/14 trains at lr 1e-4 (and
 # 30 epochs on SSv1); EVA02-CLIP-bigE-14 at 8 videos per GPU (1 on K400, with RandAugment), 6
 # warm-up epochs on SS and 30 / 25 / 20 epochs.

@@ -1,6 +1,7 @@
 """Learning-rate schedule: linear warm-up, then cosine decay to zero, stepped every optimizer step.
 
-Side4Video (spec 2.1) warms up linearly over ``warmup_epochs`` and anneals with a cosine to 0 at
+Side4Video (``Recognition/train_vision.py`` with ``_lr_scheduler`` of ``Recognition/utils/solver.py``,
+github.com/HJYao00/Side4Video @ 5d72352) warms up linearly over ``warmup_epochs`` and anneals with a cosine to 0 at
 ``epochs``, updating the rate from a fractional epoch every 10th iteration; here the same curve is
 evaluated at every optimizer step, which is smoother and makes resuming exact.
 """

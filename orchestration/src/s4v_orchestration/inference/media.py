@@ -43,7 +43,8 @@ def _preset_image_size(config: RunConfig) -> int:
 class Preprocessing:
     """How frames become a model's input: sampling, resize, crops, clips and normalisation.
 
-    ``sampling`` is ``"sth"`` or ``"kinetics"`` (a recognition dataset's test formulas, spec 3.2)
+    ``sampling`` is ``"sth"`` or ``"kinetics"`` (a recognition dataset's test formulas, those of the
+    reference's ``Recognition/datasets/sth.py`` and ``kinetics.py``)
     or a retrieval strategy (``"uniform-stride"``, ``"segment-centre"``).
     """
 

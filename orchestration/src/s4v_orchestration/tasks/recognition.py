@@ -3,7 +3,8 @@
 Data comes from ``s4v_data`` (clip datasets over rawframe or video lists), the model from
 ``s4v_recognition.build_model``; the best checkpoint is chosen by validation top-1. Validation runs
 every epoch on one centre view, as the reference does; the final test uses ``eval.test_crops`` x
-``eval.test_clips`` views averaged after a softmax (Side4Video spec 3.4).
+``eval.test_clips`` views averaged after a softmax, as the reference's ``Recognition/test_vision.py``
+(github.com/HJYao00/Side4Video @ 5d72352) tests.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Annotations come from ``s4v_data``'s CLIP4Clip layouts (MSR-VTT, MSVD, VATEX) or the captioned
 synthetic set, the model from ``s4v_retrieval.build_model``. Training pairs every video with one of
 its captions and minimises the symmetric InfoNCE over the batch of all ranks; evaluation encodes
-every video and caption once, then ranks the similarity matrix block by block (Side4Video spec 4).
+every video and caption once, then ranks the similarity matrix block by block (as ``eval_epoch`` in
+the reference's ``Retrieval/main_task_retrieval.py``, github.com/HJYao00/Side4Video @ 5d72352).
 The best checkpoint is the one with the highest text-to-video R@1.
 """
 
