@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
 import pytest
 from mlflow import MlflowClient
 
-from s4v_orchestration.tracking import tracked_run, ui_command
+from s4v_orchestration.tracking import TrackingStoreError, tracked_run, ui_command
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +108,56 @@ def test_ui_command_points_at_the_store() -> None:
         ui_command("sqlite:///x/mlflow.db")
         == "uv run mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
     )
+
+
+# Each process waits for the go file, then opens a run on the same new SQLite store.
+_CONCURRENT_RUN = """
+import sys, time
+from pathlib import Path
+from s4v_orchestration.tracking import tracked_run
+store, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+with tracked_run(enabled=True, tracking_uri=store, experiment="race", run_name="r",
+                 tags={}, system_metrics=False) as tracker:
+    tracker.log_metrics({"x": 1.0}, step=1)
+"""
+
+
+def test_two_processes_creating_a_new_sqlite_store_at_once_both_succeed(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'new.db'}"
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_RUN, store, str(flag), str(go)],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    while not all(flag.exists() for flag in ready):
+        assert all(p.poll() is None for p in processes), processes[0].stderr.read()
+        time.sleep(0.01)
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], errors
+    runs = MlflowClient(store).search_runs(
+        [MlflowClient(store).get_experiment_by_name("race").experiment_id]
+    )
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+
+
+def test_a_broken_store_is_reported_with_what_to_do(tmp_path) -> None:
+    with _open(f"sqlite:///{tmp_path / 'good.db'}"):
+        pass
+    db = tmp_path / "broken.db"  # a copy: this process has not opened it yet
+    shutil.copy(tmp_path / "good.db", db)
+    # A schema left half-migrated: the version table names an old revision.
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")
+    expected = r"broken\.db cannot be opened.*mlflow db upgrade"
+    with pytest.raises(TrackingStoreError, match=expected), _open(f"sqlite:///{db}"):
+        pass

@@ -7,6 +7,7 @@ raises ends ``FAILED``; Ctrl-C (``KeyboardInterrupt``) ends ``KILLED``; no run i
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import logging
 import subprocess
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -49,6 +51,62 @@ def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"uv run mlflow ui --backend-store-uri {tracking_uri}"
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow store cannot be opened; the message names it and says what to do."""
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for any other store (or in memory)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    path = tracking_uri[len(prefix) :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """An inter-process lock on a SQLite store, so that only one process creates its schema.
+
+    The lock file sits beside the database (``.<name>.lock``), so that processes on other
+    machines sharing the folder see it too. Other stores need no lock (their servers create it).
+    """
+    path = _sqlite_path(tracking_uri)
+    if path is None or not path.parent.is_dir():
+        yield  # a missing folder is MLflow's to report
+        return
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client on the store, the store created (a new SQLite database) by one process at a time.
+
+    Raises:
+        TrackingStoreError: a SQLite store whose schema is broken (e.g. half-created by two
+            processes with an older s4v) or out of date.
+    """
+    path = _sqlite_path(tracking_uri)
+    if path is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    with _store_lock(tracking_uri):
+        try:
+            # Opening the store creates its schema (a new database) or checks it.
+            return MlflowClient(tracking_uri=tracking_uri)
+        except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as err:
+            reason = str(err).strip().splitlines()[0]
+            raise TrackingStoreError(
+                f"the MLflow store {path} cannot be opened: its schema is broken or out of date "
+                f"({reason}). If it holds runs you need, back it up and try "
+                f"`uv run mlflow db upgrade {tracking_uri}`; otherwise move it aside and start a "
+                "new store (--tracking-uri sqlite:///NEW.db)"
+            ) from None
 
 
 class Tracker:
@@ -140,7 +198,7 @@ def tracked_run(
         yield Tracker(None, None, None)
         return
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = open_client(tracking_uri)
     run = None
     if continue_run_id is not None:
         try:

@@ -52,9 +52,17 @@ def user_errors() -> Iterator[None]:
     from s4v_data.annotations import AnnotationError
     from s4v_orchestration.config import ConfigError
     from s4v_orchestration.tasks.recognition import DataError
+    from s4v_orchestration.tracking import TrackingStoreError
     from s4v_orchestration.train import NonFiniteLossError
 
-    expected = (ConfigError, WeightsFileError, DataError, AnnotationError, NonFiniteLossError)
+    expected = (
+        ConfigError,
+        WeightsFileError,
+        DataError,
+        AnnotationError,
+        NonFiniteLossError,
+        TrackingStoreError,
+    )
     try:
         yield
     except expected as err:

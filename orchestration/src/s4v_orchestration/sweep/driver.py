@@ -57,6 +57,7 @@ from s4v_orchestration.sweep.trainable import (
     trial_run_name,
 )
 from s4v_orchestration.tasks import get_task
+from s4v_orchestration.tracking import open_client
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ def _new_record(
 ) -> SweepRecord:
     """Create the MLflow store, experiment and parent run of a new sweep."""
     uri = normalise_tracking_uri(tracking_uri or base.tracking.uri)
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment_id = experiment_id_for(client, spec.experiment or base.tracking.experiment)
     parent_run_id = start_parent_run(
         client,
