@@ -72,14 +72,17 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path) -> Non
     assert any(files_a[k] != files_c[k] for k in files_a if k.endswith(".mp4"))
 
 
-def test_existing_dataset_is_reused_and_other_parameters_regenerate(tmp_path) -> None:
+def test_existing_dataset_is_reused_and_never_replaced(tmp_path) -> None:
     info = generate(tmp_path / "syn", seed=0, **SMALL)
     marker = info.root / "synthetic.json"
     stamp = marker.stat().st_mtime_ns
     assert generate(tmp_path / "syn", seed=0, **SMALL) == info
     assert marker.stat().st_mtime_ns == stamp  # not rewritten
-    bigger = generate(tmp_path / "syn", seed=0, **{**SMALL, "num_frames": 8})
-    assert read_rawframe_list(bigger.train_list)[0].num_frames == 8
+    (info.root / "NOTES.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="other parameters: num_frames 6, not 8"):
+        generate(tmp_path / "syn", seed=0, **{**SMALL, "num_frames": 8})
+    assert (info.root / "NOTES.txt").read_text() == "keep me"
+    assert read_rawframe_list(info.train_list)[0].num_frames == SMALL["num_frames"]
     assert [p.name for p in tmp_path.iterdir()] == ["syn"]  # no temporary folder left behind
 
 

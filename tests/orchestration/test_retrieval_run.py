@@ -184,7 +184,7 @@ def test_retrieval_presets_carry_the_reference_recipe() -> None:
     assert load_run_config("retrieval", "msvd").model.preset == "side4video-b32"
     assert not msrvtt.retrieval.train_text
     root = load_run_config("retrieval", "synthetic").with_defaults().data.root
-    assert root.name == "synthetic-captioned"  # never the recognition set's folder
+    assert root.name == "synthetic-captioned-60v-16f-32px-seed0"  # not the recognition set's
 
 
 def test_a_model_preset_of_the_other_task_is_refused_with_its_field() -> None:

@@ -247,9 +247,9 @@ class RunConfig(_Section):
         cfg = self.model_copy(deep=True)
         if cfg.data.root is None:
             if cfg.data.dataset == "synthetic":
-                # Retrieval needs the captioned variant; its own folder keeps both cached.
-                folder = "synthetic" if cfg.task == "recognition" else "synthetic-captioned"
-                cfg.data.root = default_cache_dir() / folder
+                cfg.data.root = default_cache_dir() / _synthetic_folder(
+                    cfg.task, cfg.data.synthetic
+                )
             else:
                 cfg.data.root = default_data_root() / cfg.data.dataset
         if cfg.output_dir is None:
@@ -262,6 +262,18 @@ class RunConfig(_Section):
         if cfg.tracking.experiment is None:
             cfg.tracking.experiment = f"{cfg.task}-{cfg.data.dataset}"
         return cfg
+
+
+def _synthetic_folder(task: str, synthetic: SyntheticConfig) -> str:
+    """The cache folder of a synthetic set: one per variant and parameters, so that a run never
+    replaces a set generated with other parameters (retrieval needs the captioned variant)."""
+    folder = "synthetic" if task == "recognition" else "synthetic-captioned"
+    if synthetic == SyntheticConfig():
+        return folder
+    return (
+        f"{folder}-{synthetic.videos_per_class}v-{synthetic.num_frames}f-{synthetic.size}px"
+        f"-seed{synthetic.seed}"
+    )
 
 
 def flatten(config: RunConfig) -> dict[str, str]:

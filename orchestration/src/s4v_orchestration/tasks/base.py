@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from s4v_data.synthetic import generate
-from s4v_orchestration.config import RunConfig
+from s4v_orchestration.config import ConfigError, RunConfig
 from s4v_orchestration.runtime import DistEnv
 from s4v_orchestration.sampling import SeededItems, ShardSampler
 
@@ -137,14 +137,17 @@ def generate_synthetic(
     if not Path(config.data.root).exists():
         what = "captioned synthetic dataset" if captions else "synthetic dataset"
         announce(f"generating the {what} in {config.data.root} (first run only)")
-    generate(
-        config.data.root,
-        seed=synthetic.seed,
-        videos_per_class=synthetic.videos_per_class,
-        num_frames=synthetic.num_frames,
-        size=synthetic.size,
-        captions=captions,
-    )
+    try:
+        generate(
+            config.data.root,
+            seed=synthetic.seed,
+            videos_per_class=synthetic.videos_per_class,
+            num_frames=synthetic.num_frames,
+            size=synthetic.size,
+            captions=captions,
+        )
+    except FileExistsError as err:  # an existing folder is never replaced
+        raise ConfigError(f"data.root: {err}") from None
 
 
 def train_sampling(

@@ -247,6 +247,18 @@ def _read_metadata(root: Path) -> dict | None:
         return None
 
 
+def _other_parameters(root: Path, existing: dict, wanted: dict) -> str:
+    differences = ", ".join(
+        f"{key} {existing.get(key)}, not {value}"
+        for key, value in wanted.items()
+        if existing.get(key) != value
+    )
+    return (
+        f"{root} holds a synthetic dataset made with other parameters: {differences}. "
+        "It is left as it is: choose another folder (--data-root) or remove this one"
+    )
+
+
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -332,8 +344,8 @@ def generate(
     """Generate the synthetic dataset in ``out_dir``, or reuse it if it was made the same way.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted
-    run never leaves a half-written dataset. A folder this function made with other parameters
-    is replaced; any other non-empty folder is refused.
+    run never leaves a half-written dataset. An existing folder is never deleted or rewritten:
+    one made with other parameters, or any other non-empty folder, is refused.
 
     Args:
         out_dir: dataset root.
@@ -368,9 +380,12 @@ def generate(
         "fps": fps,
         "captions": captions,
     }
-    if _read_metadata(root) == params:
+    existing = _read_metadata(root)
+    if existing == params:
         return _info(root, params)
-    if root.exists() and any(root.iterdir()) and _read_metadata(root) is None:
+    if existing is not None:
+        raise FileExistsError(_other_parameters(root, existing, params))
+    if root.exists() and any(root.iterdir()):
         raise FileExistsError(
             f"{root} exists and is not a synthetic dataset made by s4v; choose an empty folder"
         )
@@ -379,11 +394,12 @@ def generate(
     try:
         log.info("generating the synthetic dataset in %s", root)
         _write_dataset(tmp, params)
-        if root.exists():
-            if _read_metadata(root) == params:  # another process finished first
+        if root.exists() and any(root.iterdir()):
+            existing = _read_metadata(root)  # another process finished first
+            if existing == params:
                 return _info(root, params)
-            shutil.rmtree(root)
-        os.rename(tmp, root)
+            raise FileExistsError(_other_parameters(root, existing or {}, params))
+        os.replace(tmp, root)  # an empty folder is replaced
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
