@@ -19,6 +19,7 @@ from s4v_orchestration.commands import models as models_command
 from s4v_orchestration.commands import predict as predict_command
 from s4v_orchestration.commands import run as run_command
 from s4v_orchestration.commands import runs as runs_command
+from s4v_orchestration.commands import search as search_command
 from s4v_orchestration.commands import sweep as sweep_command
 from s4v_orchestration.commands import ui as ui_command
 from s4v_orchestration.commands.bench import bench_app
@@ -50,6 +51,8 @@ app.command("runs")(runs_command.runs)
 app.command("ui")(ui_command.ui)
 app.command("predict")(predict_command.predict)
 app.command("export")(export_command.export)
+app.command("index")(search_command.index)
+app.command("search")(search_command.search)
 
 
 def _print_version(value: bool) -> None:

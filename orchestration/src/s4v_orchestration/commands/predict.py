@@ -263,5 +263,7 @@ def predict(
 
 
 def raise_usage(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    err_console.print(
+        f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(2)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -287,12 +288,17 @@ class Retriever(_Model):
         )
 
     @torch.no_grad()
-    def scores(self, text: TextFeatures, frames: torch.Tensor, *, chunk: int = 512) -> torch.Tensor:
+    def scores(
+        self, text: TextFeatures, frames: torch.Tensor | np.ndarray, *, chunk: int = 512
+    ) -> torch.Tensor:
         """The model's similarity ``(captions, videos)`` of captions to per-frame embeddings
         ``(videos, T, E)`` (the head the run was evaluated with, ``wti`` or ``meanP``)."""
         out = []
         for start in range(0, frames.shape[0], chunk):
-            block = torch.as_tensor(frames[start : start + chunk]).float()
+            block = frames[start : start + chunk]
+            if not isinstance(block, torch.Tensor):  # e.g. a memory-mapped NumPy array
+                block = torch.from_numpy(np.array(block, dtype=np.float32))
+            block = block.float()
             video = VideoFeatures(frames=block, mask=torch.ones(block.shape[:2], dtype=torch.bool))
             out.append(self.model.similarity(text, video).float())
         return torch.cat(out, dim=1)
