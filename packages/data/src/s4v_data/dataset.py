@@ -51,8 +51,10 @@ class VideoClipDataset(Dataset):
     """Clips of the videos in an annotation list, decoded from rawframes or video files.
 
     Args:
-        list_file: rawframe list (``dir num_frames label``) or video list (``path label``).
+        list_file: rawframe list (``dir num_frames label``) or video list (``path label``); with
+            ``records``, the file they were read from (for messages).
         root: folder the list's paths are relative to.
+        records: the entries, when they come from elsewhere than a list (official split files).
         spec: dataset conventions (frame names, sampling family, resize, flip).
         num_frames: frames per clip (T).
         mode: ``"train"`` (random sampling and augmentation), ``"val"`` (one deterministic
@@ -84,6 +86,7 @@ class VideoClipDataset(Dataset):
         spec: DatasetSpec,
         num_frames: int,
         mode: Mode,
+        records: Sequence[VideoRecord] | None = None,
         input_size: int,
         source: Source = "rawframes",
         num_sample: int = 1,
@@ -125,7 +128,7 @@ class VideoClipDataset(Dataset):
             mean=mean,
             std=std,
         )
-        self.records = self._load_records(min_frames)
+        self.records = self._load_records(min_frames, records)
         self.video_backend = video_backend or default_backend()
         self._reader = (
             IsolatedVideoReader(timeout=decode_timeout, backend=self.video_backend)
@@ -133,8 +136,10 @@ class VideoClipDataset(Dataset):
             else None
         )
 
-    def _load_records(self, min_frames: int) -> list[VideoRecord]:
-        records = read_list(self.list_file)
+    def _load_records(
+        self, min_frames: int, given: Sequence[VideoRecord] | None
+    ) -> list[VideoRecord]:
+        records = read_list(self.list_file) if given is None else list(given)
         if not records:
             raise ValueError(f"{self.list_file}: the list is empty")
         is_rawframe_list = records[0].num_frames is not None
