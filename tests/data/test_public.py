@@ -8,6 +8,7 @@ import pytest
 
 from s4v_data.annotations import AnnotationError
 from s4v_data.public import read_hmdb51, read_kinetics, read_ucf101
+from s4v_data.specs import DATASETS
 
 UCF_CLASSES = ("ApplyEyeMakeup", "Archery", "HandstandPushups")
 
@@ -140,3 +141,9 @@ def test_kinetics_csv_without_the_official_header_is_refused(tmp_path) -> None:
         AnnotationError, match=r"train\.csv:1: expected the header label,youtube_id"
     ):
         read_kinetics(tmp_path, "train")
+
+
+def test_the_public_sets_are_registered_with_their_readers() -> None:
+    assert DATASETS["ucf101"].num_classes == 101 and DATASETS["ucf101"].official is read_ucf101
+    assert DATASETS["hmdb51"].num_classes == 51 and DATASETS["hmdb51"].official is read_hmdb51
+    assert DATASETS["k400"].official is read_kinetics

@@ -87,8 +87,8 @@ def test_setting_inside_a_value_is_refused() -> None:
 
 
 def test_unknown_dataset_lists_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"unknown recognition dataset 'ucf101'.*synthetic"):
-        load_run_config("recognition", "ucf101")
+    with pytest.raises(ConfigError, match=r"unknown recognition dataset 'diving48'.*synthetic"):
+        load_run_config("recognition", "diving48")
 
 
 def test_views_parse_crops_by_clips() -> None:

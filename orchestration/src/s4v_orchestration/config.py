@@ -58,11 +58,16 @@ class SyntheticConfig(_Section):
 class DataConfig(_Section):
     """Which dataset, where it lives, and how clips are sampled and batched."""
 
-    dataset: str
+    dataset: str  # a registered dataset, or the name of the dataset file's dataset
+    # The dataset.yaml a user's own dataset comes from (set by --dataset path/to/dataset.yaml,
+    # with the lists, labels, root and source below); None for a registered dataset.
+    dataset_file: Path | None = None
     root: Path | None = None  # None: $S4V_DATA_ROOT/<dataset>; synthetic: the s4v cache folder
     train_list: str | None = None  # relative to root; None: the dataset's default list
     val_list: str | None = None
+    test_list: str | None = None  # the final test's list; None: the validation list
     labels: str | None = None  # class-name CSV (id,name); None: the dataset's default
+    split: PositiveInt = 1  # the official split of UCF101 / HMDB51 (1, 2 or 3)
     source: Literal["rawframes", "video"] = "rawframes"
     num_frames: PositiveInt = 8  # T: frames sampled per clip
     input_size: PositiveInt | None = None  # None: the backbone's image size
@@ -232,10 +237,10 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _known_dataset(self) -> RunConfig:
         datasets = TASK_DATASETS.get(self.task, {})
-        if self.data.dataset not in datasets:
+        if self.data.dataset_file is None and self.data.dataset not in datasets:
             raise ValueError(
                 f"data.dataset {self.data.dataset!r} is not a {self.task} dataset; "
-                f"choose one of {sorted(datasets)}"
+                f"choose one of {sorted(datasets)} or give a dataset file (path/to/dataset.yaml)"
             )
         return self
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 
 from s4v_core.checkpoint import CheckpointError, SavedModel, is_self_contained, load_checkpoint
+from s4v_data.dataset_file import is_dataset_file
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.overrides import Shortcut, apply_overrides, load_run_config
 from s4v_orchestration.progress import RunProgress
+from s4v_orchestration.recipes import dataset_fields, read_dataset
 from s4v_orchestration.runtime import (
     close_distributed,
     init_distributed,
@@ -37,6 +39,15 @@ class EvaluationResult:
     run_id: str | None
 
 
+def _dataset_shortcuts(stored: dict, dataset: str) -> list[Shortcut]:
+    """``--dataset`` as shortcuts on a stored config: a registered name, or a dataset file's
+    name, file, root, source, lists and labels."""
+    if not is_dataset_file(dataset):
+        return [("data.dataset", dataset, "--dataset"), ("data.dataset_file", None, "--dataset")]
+    fields = dataset_fields(read_dataset(Path(dataset), stored.get("task", "recognition")))
+    return [(f"data.{key}", value, "--dataset") for key, value in fields.items()]
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     *,
@@ -50,8 +61,9 @@ def evaluate_checkpoint(
 
     Args:
         checkpoint: an s4v checkpoint (``best.pt``, ``last.pt``) or a converted release.
-        dataset: the dataset preset; needed for a converted release (which does not know its
-            dataset), otherwise the one the checkpoint was trained on.
+        dataset: the dataset preset or a dataset file (``path/to/dataset.yaml``); needed for a
+            converted release (which does not know its dataset), otherwise the one the
+            checkpoint was trained on.
         out_dir: where the report goes; default ``<checkpoint folder>/eval-<CROPS>x<CLIPS>``.
         overrides, shortcuts: applied to the config (e.g. the data root, the test views, the
             device, the tracking store).
@@ -65,7 +77,7 @@ def evaluate_checkpoint(
     model = build_saved_model(saved, checkpoint) if saved is not None else None
     if "config" in state:  # written by a training run (or by `s4v convert --dataset`)
         if dataset is not None:
-            shortcuts = [("data.dataset", dataset, "--dataset"), *shortcuts]
+            shortcuts = [*_dataset_shortcuts(state["config"], dataset), *shortcuts]
         config = apply_overrides(state["config"], overrides, shortcuts)
     elif saved is not None:
         if dataset is None:

@@ -17,8 +17,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from s4v_data.dataset_file import is_dataset_file
 from s4v_orchestration.config import ConfigError, RunConfig
-from s4v_orchestration.recipes import deep_merge, model_recipe, preset_config
+from s4v_orchestration.recipes import (
+    dataset_file_config,
+    deep_merge,
+    model_recipe,
+    preset_config,
+)
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -99,7 +105,8 @@ def load_run_config(
 
     Args:
         task: "recognition" (or "retrieval").
-        dataset: preset name; None takes ``data.dataset`` from the YAML file.
+        dataset: preset name or a dataset file (``path/to/dataset.yaml``); None takes
+            ``data.dataset`` from the YAML file.
         config_file: optional YAML file with any subset of the RunConfig fields.
         overrides: ``path.to.field=value`` strings, applied in order (last wins).
         shortcuts: typed values of CLI options such as ``--epochs``, applied before ``overrides``.
@@ -114,14 +121,19 @@ def load_run_config(
         dataset = file_dataset
     if dataset is None:
         raise ConfigError("no dataset chosen: pass --dataset (e.g. --dataset synthetic)")
-    if file_dataset is not None and file_dataset != dataset:
+    if is_dataset_file(dataset):
+        recipe, recipe_dataset = dataset_file_config(task, Path(dataset))
+    else:
+        recipe, recipe_dataset = preset_config(task, dataset), dataset
+    name = recipe["data"]["dataset"]
+    if file_dataset is not None and file_dataset not in (dataset, name):
         raise ConfigError(
             f"{config_file}: data.dataset is {file_dataset!r} but --dataset is {dataset!r}"
         )
-    recipe = preset_config(task, dataset)
+    file_data = deep_merge(file_data, {"data": {"dataset": name}}) if file_dataset else file_data
     preset = _chosen_preset(recipe, file_data, overrides, shortcuts)
     if isinstance(preset, str):
-        recipe = deep_merge(recipe, model_recipe(task, dataset, preset))
+        recipe = deep_merge(recipe, model_recipe(task, recipe_dataset, preset))
     merged = deep_merge(recipe, file_data)
     return apply_overrides(merged, overrides, shortcuts, file=(config_file, file_tree, file_data))
 

@@ -4,14 +4,18 @@ A recipe is the first of the three layers a run config is built from (the refere
 github.com/HJYao00/Side4Video @ 5d72352; the YAML
 file and ``--set`` overrides follow, :mod:`s4v_orchestration.overrides`). Recipes attach to the
 dataset names of :data:`s4v_data.specs.TASK_DATASETS`, where each dataset is defined; this module
-checks at import that every dataset there has a recipe and that no recipe names another.
+checks at import that every dataset there has a recipe and that no recipe names another. A user's
+own dataset (a ``dataset.yaml``, :mod:`s4v_data.dataset_file`) starts from the recipe its file
+names: ``appearance`` (Kinetics') or ``motion`` (Something-Something's).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
+from s4v_data.dataset_file import RECIPE_BASES, DatasetFile, DatasetFileError, read_dataset_file
 from s4v_data.specs import TASK_DATASETS
 from s4v_orchestration.config import MODEL_REGISTRIES, ConfigError
 
@@ -37,6 +41,19 @@ _SOMETHING_SOMETHING = {
         "label_smoothing": 0.1,
     },
     "eval": {"test_crops": 3, "test_clips": 2},
+}
+
+_KINETICS = {
+    "data": {"num_frames": 8, "batch_size": 32, "num_sample": 1, "rand_augment": False},
+    "model": {"preset": "side4video-b16", "pretrained": "openai"},
+    "solver": {
+        "epochs": 30,
+        "warmup_epochs": 4,
+        "lr": 1e-3,
+        "weight_decay": 0.15,
+        "label_smoothing": 0.1,
+    },
+    "eval": {"test_crops": 3, "test_clips": 4},
 }
 
 # The reference's retrieval scripts (``Retrieval/script_train/run_train_{msrvtt,msvd,vatex}.sh``):
@@ -87,18 +104,11 @@ DATASET_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "ssv1": deep_merge(_SOMETHING_SOMETHING, {"solver": {"epochs": 40}}),
         "ssv2": deep_merge(_SOMETHING_SOMETHING, {"solver": {"epochs": 30}}),
-        "k400": {
-            "data": {"num_frames": 8, "batch_size": 32, "num_sample": 1, "rand_augment": False},
-            "model": {"preset": "side4video-b16", "pretrained": "openai"},
-            "solver": {
-                "epochs": 30,
-                "warmup_epochs": 4,
-                "lr": 1e-3,
-                "weight_decay": 0.15,
-                "label_smoothing": 0.1,
-            },
-            "eval": {"test_crops": 3, "test_clips": 4},
-        },
+        "k400": _KINETICS,
+        # The small public sets start from Kinetics' appearance recipe and read the videos
+        # named by their official split files.
+        "ucf101": deep_merge(_KINETICS, {"data": {"source": "video"}}),
+        "hmdb51": deep_merge(_KINETICS, {"data": {"source": "video"}}),
     },
     "retrieval": {
         # Self-contained run on CPU: the tiny random-weight CLIP and the captioned synthetic set
@@ -174,10 +184,60 @@ def preset_config(task: str, dataset: str) -> dict[str, Any]:
         raise ConfigError(f"unknown task {task!r}; choose one of {sorted(DATASET_PRESETS)}")
     if dataset not in presets:
         raise ConfigError(
-            f"unknown {task} dataset {dataset!r}; choose one of {sorted(presets)} "
-            "(or --dataset synthetic for a self-contained run)"
+            f"unknown {task} dataset {dataset!r}; choose one of {sorted(presets)}, give a dataset "
+            "file (path/to/dataset.yaml, `s4v data prepare` writes one), or use --dataset "
+            "synthetic for a self-contained run"
         )
     return deep_merge(presets[dataset], {"task": task, "data": {"dataset": dataset}})
+
+
+# The recipe a retrieval dataset file starts from (the reference's retrieval recipe).
+RETRIEVAL_RECIPE_BASE = "msrvtt"
+
+
+def read_dataset(path: Path, task: str) -> DatasetFile:
+    """A dataset file of ``task``; its problems raised as :class:`ConfigError`."""
+    try:
+        dataset = read_dataset_file(path)
+    except DatasetFileError as err:
+        raise ConfigError(str(err)) from None
+    if dataset.task != task:
+        raise ConfigError(
+            f"{dataset.path}: task is {dataset.task}; train it with `s4v run {dataset.task}`"
+        )
+    return dataset
+
+
+def recipe_base(task: str, dataset: DatasetFile) -> str:
+    """The registered dataset whose recipe a dataset file starts from."""
+    return RECIPE_BASES[dataset.recipe] if task == "recognition" else RETRIEVAL_RECIPE_BASE
+
+
+def dataset_fields(dataset: DatasetFile) -> dict[str, Any]:
+    """The ``data`` fields a dataset file sets: its name, file, root, source, lists and labels."""
+    lists = dataset.lists
+    return {
+        "dataset": dataset.name,
+        "dataset_file": str(dataset.path),
+        "root": str(dataset.root),
+        "source": dataset.source,
+        "train_list": str(lists.train),
+        "val_list": str(lists.val),
+        "test_list": None if lists.test is None else str(lists.test),
+        "labels": None if dataset.labels is None else str(dataset.labels),
+    }
+
+
+def dataset_file_config(task: str, path: Path) -> tuple[dict[str, Any], str]:
+    """The first layer for a dataset file, and the registered dataset its recipe comes from.
+
+    The recipe base's recipe (``appearance``: Kinetics', ``motion``: Something-Something's) with
+    the file's data fields; the run then carries the file's own name.
+    """
+    dataset = read_dataset(path, task)
+    base = recipe_base(task, dataset)
+    layer = deep_merge(DATASET_PRESETS[task][base], {"task": task, "data": dataset_fields(dataset)})
+    return layer, base
 
 
 def _check_recipes() -> None:

@@ -50,6 +50,7 @@ def user_errors() -> Iterator[None]:
     # Imported here so that `s4v --help` does not load torch, open_clip and MLflow.
     from s4v_core.weights import WeightsFileError
     from s4v_data.annotations import AnnotationError
+    from s4v_data.dataset_file import DatasetFileError
     from s4v_orchestration.config import ConfigError
     from s4v_orchestration.tasks.recognition import DataError
     from s4v_orchestration.tracking import TrackingStoreError
@@ -60,6 +61,7 @@ def user_errors() -> Iterator[None]:
         WeightsFileError,
         DataError,
         AnnotationError,
+        DatasetFileError,
         NonFiniteLossError,
         TrackingStoreError,
     )

@@ -11,13 +11,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from s4v_orchestration.commands.data_prepare import prepare
 from s4v_orchestration.commands.options import dataset_names
 from s4v_orchestration.paths import default_cache_dir
 
 data_app = typer.Typer(
-    help="Prepare and check datasets: synthetic videos, frame extraction, validation.",
+    help="Prepare and check datasets: your own videos, synthetic videos, frame extraction, "
+    "validation.",
     no_args_is_help=True,
 )
+data_app.command("prepare")(prepare)
 console = Console()
 
 MAX_LISTED = 20  # problems printed in full; the rest are counted
@@ -184,15 +187,23 @@ def extract(
 @data_app.command("check")
 def check(
     list_file: Annotated[
-        Path, typer.Option("--list", help="Rawframe list or video list to validate.")
-    ],
-    root: Annotated[Path, typer.Option(help="Folder the list's paths are relative to.")],
+        Path | None,
+        typer.Option(
+            "--list", help="Rawframe list or video list to validate (not with a dataset file)."
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Folder the list's paths are relative to.")
+    ] = None,
     labels: Annotated[
         Path | None, typer.Option(help="Label CSV (id,name); labels must be among its ids.")
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help=f"Dataset ({dataset_names('recognition')}) for frame names and classes."),
+        typer.Option(
+            help=f"Dataset ({dataset_names('recognition')}) for frame names and classes, or a "
+            "dataset file path/to/dataset.yaml: then every list it names is checked."
+        ),
     ] = None,
     frame_template: Annotated[
         str | None,
@@ -205,18 +216,61 @@ def check(
 ) -> None:
     """Validate a dataset: missing folders, frame counts, unreadable files, labels out of range."""
     from s4v_data import DATASETS, AnnotationError, read_labels
-    from s4v_data.check import check_dataset
+    from s4v_data.dataset_file import DatasetFileError, is_dataset_file, read_dataset_file
 
     if depth not in ("none", "ends", "all"):
         raise _fail(f"--depth must be none, ends or all, not {depth!r}")
-    spec = None
-    if dataset is not None:
-        if dataset not in DATASETS:
-            raise _fail(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-        spec = DATASETS[dataset]
-    template = frame_template or (spec.frame_template if spec else "img_{:05d}.jpg")
+    if dataset is not None and is_dataset_file(dataset):
+        if list_file is not None or root is not None:
+            raise _fail("--list and --root come from the dataset file; give one or the other")
+        try:
+            described = read_dataset_file(dataset)
+            num_classes = described.num_classes
+            if described.labels is not None:
+                num_classes = len(read_labels(described.labels))
+        except (DatasetFileError, AnnotationError, FileNotFoundError) as e:
+            raise _fail(str(e)) from None
+        lists = dict.fromkeys([described.lists.train, described.lists.val, described.lists.test])
+        jobs = [
+            (path, described.media_root, described.frame_template, num_classes)
+            for path in lists
+            if path is not None
+        ]
+    else:
+        if list_file is None or root is None:
+            raise _fail("give --list and --root, or --dataset path/to/dataset.yaml")
+        spec = None
+        if dataset is not None:
+            if dataset not in DATASETS:
+                raise _fail(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+            spec = DATASETS[dataset]
+        template = frame_template or (spec.frame_template if spec else "img_{:05d}.jpg")
+        try:
+            num_classes = (
+                len(read_labels(labels)) if labels else (spec.num_classes if spec else None)
+            )
+        except (AnnotationError, FileNotFoundError) as e:
+            raise _fail(str(e)) from None
+        jobs = [(list_file, root, template, num_classes)]
+    problems = [_check_list(*job, depth=_depth(depth), timeout=timeout) for job in jobs]
+    if any(problems):
+        raise typer.Exit(1)
+
+
+def _check_list(
+    list_file: Path,
+    root: Path,
+    template: str,
+    num_classes: int | None,
+    *,
+    depth: Literal["none", "ends", "all"],
+    timeout: float,
+) -> bool:
+    """Check one list and print its table; whether it has problems."""
+    from s4v_data import AnnotationError
+    from s4v_data.check import check_dataset
+
     try:
-        num_classes = len(read_labels(labels)) if labels else (spec.num_classes if spec else None)
         with _progress() as progress:
             task = progress.add_task("checking", total=None)
             report = check_dataset(
@@ -224,7 +278,7 @@ def check(
                 root,
                 frame_template=template,
                 num_classes=num_classes,
-                depth=_depth(depth),
+                depth=depth,
                 timeout=timeout,
                 on_entry=lambda done, total: progress.update(task, completed=done, total=total),
             )
@@ -246,8 +300,7 @@ def check(
         )
     if len(report.problems) > MAX_LISTED:
         console.print(f"  ... and {len(report.problems) - MAX_LISTED} more")
-    if report.problems:
-        raise typer.Exit(1)
+    return bool(report.problems)
 
 
 def _depth(value: str) -> Literal["none", "ends", "all"]:

@@ -53,8 +53,9 @@ def recognition(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help=f"Dataset preset to test on ({dataset_names('recognition')}); required for a "
-            "converted release, default: the one the run trained on."
+            help=f"Dataset preset to test on ({dataset_names('recognition')}) or a dataset file "
+            "path/to/dataset.yaml; required for a converted release, default: the one the run "
+            "trained on."
         ),
     ] = None,
     views: Annotated[

@@ -26,6 +26,14 @@ def dataset_names(task: str) -> str:
     return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
+def dataset_help(task: str) -> str:
+    """Help text of ``--dataset``: the registered names and the dataset file."""
+    return (
+        f"Dataset preset with its reference recipe ({dataset_names(task)}), or a dataset file "
+        "path/to/dataset.yaml describing your own data (`s4v data prepare` writes one)."
+    )
+
+
 # All task commands.
 VerboseOption = Annotated[bool, typer.Option(help="Log s4v's info messages.")]
 

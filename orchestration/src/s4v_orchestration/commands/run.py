@@ -32,7 +32,7 @@ from s4v_orchestration.commands.options import (
     SeedOption,
     TrackingOption,
     VerboseOption,
-    dataset_names,
+    dataset_help,
     pick,
 )
 
@@ -51,8 +51,8 @@ def recognition(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help=f"Dataset preset with its reference recipe: {dataset_names('recognition')}. "
-            "synthetic is generated on first use and trains on the CPU in minutes."
+            help=f"{dataset_help('recognition')} synthetic is generated on first use and "
+            "trains on the CPU in minutes."
         ),
     ] = None,
     config: ConfigOption = None,
@@ -122,8 +122,8 @@ def retrieval(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help=f"Dataset preset with its reference recipe: {dataset_names('retrieval')}. "
-            "synthetic (captioned) is generated on first use and trains on the CPU in minutes."
+            help=f"{dataset_help('retrieval')} synthetic (captioned) is generated on first "
+            "use and trains on the CPU in minutes."
         ),
     ] = None,
     config: ConfigOption = None,

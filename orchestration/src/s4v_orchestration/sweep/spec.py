@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from s4v_data.dataset_file import is_dataset_file
+
 TASKS = ("recognition", "retrieval")
 
 # What a sweep optimises unless the file says otherwise: the validation metric that the run reports
@@ -183,7 +185,10 @@ class SweepSpec(_Strict):
         description="names the Ray experiment folder and the MLflow parent run (default: file stem)",
     )
     task: Literal["recognition", "retrieval"]
-    dataset: str = Field(description="dataset preset, e.g. ssv1, k400, synthetic")
+    dataset: str = Field(
+        description="dataset preset, e.g. ssv1, k400, synthetic, or a dataset file "
+        "path/to/dataset.yaml (relative to the sweep file)"
+    )
     config: Path | None = Field(
         None, description="a run-config YAML applied after the preset (relative to the sweep file)"
     )
@@ -318,7 +323,8 @@ def parse_sweep(text: str, source: str = "<sweep>") -> SweepSpec:
 
 
 def load_sweep_file(path: Path) -> SweepSpec:
-    """Read and validate a sweep file; a relative ``config`` is resolved against its folder."""
+    """Read and validate a sweep file; a relative ``config`` or dataset file is resolved against
+    its folder."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -330,4 +336,6 @@ def load_sweep_file(path: Path) -> SweepSpec:
         updates["name"] = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.") or "sweep"
     if spec.config is not None and not spec.config.is_absolute():
         updates["config"] = (path.parent / spec.config).resolve()
+    if is_dataset_file(spec.dataset) and not Path(spec.dataset).expanduser().is_absolute():
+        updates["dataset"] = str((path.parent / spec.dataset).resolve())
     return spec.model_copy(update=updates) if updates else spec

@@ -19,7 +19,10 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader
 
-from s4v_data import DATASETS, VideoClipDataset, make_loader, read_labels
+from s4v_data import DATASETS, VideoClipDataset, VideoRecord, make_loader, read_labels
+from s4v_data.dataset_file import read_dataset_file
+from s4v_data.public import SplitRecords
+from s4v_data.specs import DatasetSpec
 from s4v_data.synthetic import DIRECTION_PAIRS
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.reports import write_recognition_report
@@ -54,35 +57,72 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A real dataset's files are missing; the message says what was looked for and what to do."""
 
 
+def dataset_spec(config: RunConfig) -> DatasetSpec:
+    """The conventions of ``config.data``'s dataset: registered, or from its dataset file."""
+    data = config.data
+    if data.dataset_file is not None:
+        return read_dataset_file(data.dataset_file).spec()
+    return DATASETS[data.dataset]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DataFiles:
     root: Path
     train_list: Path
     val_list: Path
+    test_list: Path
     labels: Path
+    # Reads the dataset's official split files instead of the lists (UCF101, HMDB51, Kinetics
+    # videos): (root, split, split number) -> records and class names.
+    official: Callable[[Path, str, int], SplitRecords] | None = None
 
 
 def data_files(config: RunConfig) -> DataFiles:
     """Where the lists and the label file of ``config.data`` are (config values or the defaults)."""
     data = config.data
-    spec = DATASETS[data.dataset]
+    spec = dataset_spec(config)
     root = Path(data.root)
     videos = data.source == "video"
+    val_list = root / (data.val_list or (spec.val_video_list if videos else spec.val_list))
+    lists_given = data.train_list is not None or data.val_list is not None
     return DataFiles(
         root=root,
         train_list=root
         / (data.train_list or (spec.train_video_list if videos else spec.train_list)),
-        val_list=root / (data.val_list or (spec.val_video_list if videos else spec.val_list)),
+        val_list=val_list,
+        test_list=root / data.test_list if data.test_list else val_list,
         labels=root / (data.labels or spec.label_file),
+        official=spec.official if videos and not lists_given else None,
     )
+
+
+def read_official(config: RunConfig, split: str) -> SplitRecords:
+    """One split of a dataset read from its official split files (``data.split`` picks which)."""
+    files = data_files(config)
+    if files.official is None:
+        raise DataError(f"the {config.data.dataset} dataset has no official split files")
+    try:
+        return files.official(files.root, split, config.data.split)
+    except FileNotFoundError as err:
+        raise DataNotFoundError(
+            f"the {config.data.dataset} dataset is not prepared under {files.root}: {err}.\n"
+            "Unpack its videos and official split files there (see the README's section on "
+            "public datasets), or point --data-root at the folder that holds them."
+        ) from None
 
 
 def check_data_files(config: RunConfig, *, need_train: bool = True) -> None:
     """Fail at once, before any model is built, when a real dataset is not prepared."""
     files = data_files(config)
+    if files.official is not None:
+        for split in ("train", "test") if need_train else ("test",):
+            read_official(config, split)
+        return
     wanted = {"validation list": files.val_list, "label file": files.labels}
     if need_train:
         wanted = {"training list": files.train_list, **wanted}
+    if files.test_list != files.val_list:
+        wanted["test list"] = files.test_list
     missing = [f"{what} {path}" for what, path in wanted.items() if not path.is_file()]
     if missing:
         name = config.data.dataset
@@ -138,12 +178,23 @@ class RecognitionTask(Task):
             generate_synthetic(config, announce)
         check_data_files(config, need_train=with_train_data)
 
-    def _dataset(self, config: RunConfig, list_file: Path, mode: str) -> VideoClipDataset:
+    def _dataset(self, config: RunConfig, split: str, mode: str) -> VideoClipDataset:
+        """The clips of ``split`` (train, val or test) from its list or official split file."""
         data = config.data
+        files = data_files(config)
+        records: list[VideoRecord] | None = None
+        if files.official is not None:
+            official = read_official(config, split)
+            list_file, records = official.source, official.records
+        else:
+            list_file = {"train": files.train_list, "val": files.val_list}.get(
+                split, files.test_list
+            )
         return VideoClipDataset(
             list_file,
             data.root,
-            spec=DATASETS[data.dataset],
+            records=records,
+            spec=dataset_spec(config),
             num_frames=data.num_frames,
             mode=mode,
             input_size=data.input_size or PRESETS[config.model.preset].image_size,
@@ -161,11 +212,16 @@ class RecognitionTask(Task):
     ) -> TaskParts:
         self.config = config
         files = data_files(config)
-        class_names = read_labels(files.labels)
+        if files.official is not None:
+            class_names = read_official(config, "test").class_names
+            names_source = f"the {config.data.dataset} split files"
+        else:
+            class_names = read_labels(files.labels)
+            names_source = str(files.labels)
         self.num_classes = len(class_names)
         if model is not None and model.num_classes != self.num_classes:
             raise DataError(
-                f"the model predicts {model.num_classes} classes but {files.labels} lists "
+                f"the model predicts {model.num_classes} classes but {names_source} list "
                 f"{self.num_classes}; evaluate it on the dataset it was trained for"
             )
         if model is None:
@@ -173,10 +229,8 @@ class RecognitionTask(Task):
         self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
         return TaskParts(
             model=model,
-            train_data=self._dataset(config, files.train_list, "train")
-            if with_train_data
-            else None,
-            val_data=self._dataset(config, files.val_list, "val"),
+            train_data=self._dataset(config, "train", "train") if with_train_data else None,
+            val_data=self._dataset(config, "val", "val"),
             backbone_identity=model.backbone_identity,
             extra={"class_names": list(class_names)},
         )
@@ -303,7 +357,7 @@ class RecognitionTask(Task):
         *,
         track: Track = no_track,
     ) -> Evaluation:
-        dataset = self._dataset(config, data_files(config).val_list, "test")
+        dataset = self._dataset(config, "test", "test")
         loader = self._eval_loader(dataset, config, env)
         views = f"{config.eval.test_crops}x{config.eval.test_clips}"
         scores, labels = self.predict(

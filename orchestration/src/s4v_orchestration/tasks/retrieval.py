@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from s4v_data.dataset_file import read_dataset_file
 from s4v_data.retrieval import CaptionedVideos, Split
 from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
-from s4v_data.specs import RETRIEVAL_LAYOUTS
+from s4v_data.specs import RETRIEVAL_LAYOUTS, RetrievalLayout
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.runtime import DistEnv
 from s4v_orchestration.tasks.base import (
@@ -49,6 +50,13 @@ from s4v_retrieval.similarity import TextFeatures, VideoFeatures, blockwise_scor
 # the test file (MSR-VTT 1k-A, MSVD/VATEX test lists); the synthetic set maps test to val.
 TRAIN_SPLIT: Split = "train"
 VAL_SPLIT: Split = "test"
+
+
+def retrieval_layout(config: RunConfig) -> RetrievalLayout:
+    """The layout of ``config.data``'s dataset: registered, or from its dataset file."""
+    if config.data.dataset_file is not None:
+        return read_dataset_file(config.data.dataset_file).layout()
+    return RETRIEVAL_LAYOUTS[config.data.dataset]
 
 
 def _unwrap(model: nn.Module) -> RetrievalModel:
@@ -102,7 +110,7 @@ class RetrievalTask(Task):
 
     def _read(self, config: RunConfig, split: Split) -> CaptionedVideos:
         if split not in self.annotations:
-            layout = RETRIEVAL_LAYOUTS[config.data.dataset]
+            layout = retrieval_layout(config)
             try:
                 self.annotations[split] = layout.read(Path(config.data.root), split)
             except FileNotFoundError as err:
@@ -128,7 +136,7 @@ class RetrievalTask(Task):
         retrieval = config.retrieval
         if model is None:
             model = build_retrieval_model(config)
-        layout = RETRIEVAL_LAYOUTS[config.data.dataset]
+        layout = retrieval_layout(config)
         common = dict(
             num_frames=config.data.num_frames,
             input_size=self._input_size(config),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
+from s4v_data.public import SplitRecords, read_hmdb51, read_kinetics, read_ucf101
 from s4v_data.retrieval import (
     CaptionedVideos,
     SamplingName,
@@ -59,6 +60,9 @@ class DatasetSpec:
     val_list: str = "val_rawframes.txt"
     train_video_list: str = "train_videos.txt"
     val_video_list: str = "val_videos.txt"
+    # Reads the dataset's own split files, (root, split, split number) -> records and class
+    # names; used for videos when no list is given (s4v_data.public).
+    official: Callable[[Path, str, int], SplitRecords] | None = None
 
     def __post_init__(self) -> None:
         if self.flip != "swap-labels" and self.flip_pairs:
@@ -144,6 +148,31 @@ DATASETS: dict[str, DatasetSpec] = _by_name(
             grayscale_p=0.2,
             rand_augment=False,
             label_file="kinetics_400_labels.csv",
+            official=read_kinetics,
+        ),
+        # The small public sets, read from their official split files (s4v_data.public), with
+        # Kinetics' appearance-style conventions.
+        DatasetSpec(
+            name="ucf101",
+            num_classes=101,
+            frame_template="img_{:05d}.jpg",
+            sampling="kinetics",
+            resize="short-side",
+            resize_size=(256, 256),
+            flip="plain",
+            grayscale_p=0.2,
+            official=read_ucf101,
+        ),
+        DatasetSpec(
+            name="hmdb51",
+            num_classes=51,
+            frame_template="img_{:05d}.jpg",
+            sampling="kinetics",
+            resize="short-side",
+            resize_size=(256, 256),
+            flip="plain",
+            grayscale_p=0.2,
+            official=read_hmdb51,
         ),
         # The generated dataset: 8 motion classes in time-reversed pairs; a horizontal flip turns
         # left-to-right into right-to-left and clockwise into anticlockwise, so those labels swap.
