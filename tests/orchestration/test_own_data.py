@@ -14,6 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from s4v_data.annotations import read_list
+from s4v_data.dataset_file import read_dataset_file
 from s4v_orchestration.cli import app
 from s4v_orchestration.config import ConfigError
 from s4v_orchestration.overrides import load_run_config
@@ -88,6 +90,31 @@ def test_a_folder_of_class_folders_trains_evaluates_and_is_recorded_under_its_na
                       "--no-tracking", "--output-dir", in_tmp / "eval"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert '"num_videos": 4' in (in_tmp / "eval" / "eval.json").read_text()
+
+
+def test_prepare_extracts_frames_resumably_and_leaves_broken_videos_out(in_tmp, synthetic_root):
+    folder = in_tmp / "videos"
+    for label, name in enumerate(CLASSES[:2]):
+        (folder / name).mkdir(parents=True)
+        for index in range(3):
+            video = synthetic_root / "videos" / f"vid_{label:02d}_{index:04d}.mp4"
+            shutil.copy(video, folder / name / f"clip{index}.mp4")
+    (folder / CLASSES[0] / "clip9.mp4").write_bytes(b"not a video at all")
+    args = ["data", "prepare", folder, "--out", in_tmp / "out", "--split", "0.5,0.5",
+            "--extract", "--short-side", "0", "--workers", "1", "--timeout", "20"]  # fmt: skip
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"broken \(left out\)\s*│\s*1\s*│", result.output), result.output
+    assert "clip9.mp4" in result.output
+    dataset = read_dataset_file(in_tmp / "out" / "dataset.yaml")
+    assert dataset.source == "rawframes" and dataset.root == in_tmp / "out" / "rawframes"
+    listed = read_list(dataset.lists.train) + read_list(dataset.lists.val)
+    assert len(listed) == 6 and all(r.num_frames == 16 for r in listed)
+    assert all((dataset.root / r.path / "img_00001.jpg").is_file() for r in listed)
+
+    again = _invoke(args)  # a rerun resumes: nothing is extracted twice
+    assert again.exit_code == 0, again.output
+    assert re.search(r"frames already there\s*│\s*6 videos", again.output), again.output
 
 
 def test_a_broken_dataset_file_is_a_one_line_error_naming_its_line(in_tmp) -> None:

@@ -106,8 +106,9 @@ def prepare(
     names = write_lists(out, splits, scanned.class_names)
     root, source, template = scanned.root, "video", None
     failed: list[tuple[str, str]] = []
+    counts: dict[str, int] = {}
     if extract:
-        splits, failed = _extract(scanned.root, out, splits, short_side, workers, timeout)
+        splits, failed, counts = _extract(scanned.root, out, splits, short_side, workers, timeout)
         names = write_lists(out, splits, scanned.class_names, rawframes=True)
         root, source, template = out / "rawframes", "rawframes", "img_{:05d}.jpg"
     lists = {"val": names.get("val", names.get("test")), **names}
@@ -128,7 +129,7 @@ def prepare(
         read_dataset_file(dataset_yaml)  # what `s4v run --dataset` will read
     except DatasetFileError as err:
         raise _fail(str(err)) from None
-    _summary(scanned, splits, dataset_yaml, failed)
+    _summary(scanned, splits, dataset_yaml, failed, counts)
 
 
 def _extract(
@@ -138,8 +139,12 @@ def _extract(
     short_side: int,
     workers: int,
     timeout: float,
-) -> tuple[dict, list[tuple[str, str]]]:
-    """Frames of every listed video in ``out/rawframes``; broken videos leave the lists."""
+) -> tuple[dict, list[tuple[str, str]], dict[str, int]]:
+    """Frames of every listed video in ``out/rawframes``; broken videos leave the lists.
+
+    Returns the rawframe records per split, the broken videos with their errors, and how many
+    videos were extracted now and how many were already there (a rerun resumes).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from s4v_data.annotations import VideoRecord
@@ -179,15 +184,24 @@ def _extract(
     empty = [split for split, records_ in extracted.items() if not records_]
     if empty:
         raise _fail(f"no video of the {', '.join(empty)} split could be extracted", code=1)
-    return extracted, failed
+    counts = {"extracted now": report.count("extracted"), "already there": report.count("skipped")}
+    return extracted, failed, counts
 
 
-def _summary(scanned, splits: dict, dataset_yaml: Path, failed: list[tuple[str, str]]) -> None:
+def _summary(
+    scanned,
+    splits: dict,
+    dataset_yaml: Path,
+    failed: list[tuple[str, str]],
+    counts: dict[str, int],
+) -> None:
     table = Table(title=f"dataset {dataset_yaml}", show_header=False)
     table.add_row("classes", str(len(scanned.class_names)))
     for split, records in splits.items():
         table.add_row(split, f"{len(records)} videos")
     table.add_row("skipped (not videos)", str(len(scanned.skipped)))
+    for what, count in counts.items():
+        table.add_row(f"frames {what}", f"{count} videos")
     if failed:
         table.add_row("broken (left out)", str(len(failed)))
     console.print(table)

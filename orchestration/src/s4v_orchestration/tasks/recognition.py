@@ -83,16 +83,18 @@ def data_files(config: RunConfig) -> DataFiles:
     spec = dataset_spec(config)
     root = Path(data.root)
     videos = data.source == "video"
+    train_list = root / (data.train_list or (spec.train_video_list if videos else spec.train_list))
     val_list = root / (data.val_list or (spec.val_video_list if videos else spec.val_list))
+    # The official split files serve videos unless lists are given or the default lists exist.
     lists_given = data.train_list is not None or data.val_list is not None
+    official = spec.official if videos and not lists_given and not train_list.is_file() else None
     return DataFiles(
         root=root,
-        train_list=root
-        / (data.train_list or (spec.train_video_list if videos else spec.train_list)),
+        train_list=train_list,
         val_list=val_list,
         test_list=root / data.test_list if data.test_list else val_list,
         labels=root / (data.labels or spec.label_file),
-        official=spec.official if videos and not lists_given else None,
+        official=official,
     )
 
 
