@@ -80,6 +80,7 @@ def test_a_folder_of_class_folders_trains_evaluates_and_is_recorded_under_its_na
     assert run.info.status == "FINISHED"
     assert run.data.tags["s4v.dataset"] == "arrows" and "arrows" in run.info.run_name
     assert run.data.params["data.dataset_file"] == str(dataset_yaml)
+    assert run.data.params["data.recipe_base"] == "k400"  # appearance
     assert run.data.params["data.source"] == "video"
     assert "test/top1" in run.data.metrics
     best = in_tmp / "runs" / "recognition-arrows-tiny-side4video" / "best.pt"
@@ -90,6 +91,12 @@ def test_a_folder_of_class_folders_trains_evaluates_and_is_recorded_under_its_na
                       "--no-tracking", "--output-dir", in_tmp / "eval"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert '"num_videos": 4' in (in_tmp / "eval" / "eval.json").read_text()
+
+    # And it predicts labels of the folder's own class names for a new video.
+    video = class_folders / "left_to_right" / "clip0.mp4"
+    result = _invoke(["predict", best, video, "--top-k", "4", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert all(name in result.output for name in CLASSES)
 
 
 def test_prepare_extracts_frames_resumably_and_leaves_broken_videos_out(in_tmp, synthetic_root):

@@ -62,6 +62,9 @@ class DataConfig(_Section):
     # The dataset.yaml a user's own dataset comes from (set by --dataset path/to/dataset.yaml,
     # with the lists, labels, root and source below); None for a registered dataset.
     dataset_file: Path | None = None
+    # The registered dataset whose sampling and resizing a dataset file's data follows (its
+    # recipe: k400 for appearance, ssv2 for motion), so a checkpoint preprocesses without it.
+    recipe_base: str | None = None
     root: Path | None = None  # None: $S4V_DATA_ROOT/<dataset>; synthetic: the s4v cache folder
     train_list: str | None = None  # relative to root; None: the dataset's default list
     val_list: str | None = None

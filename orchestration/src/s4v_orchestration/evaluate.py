@@ -43,7 +43,11 @@ def _dataset_shortcuts(stored: dict, dataset: str) -> list[Shortcut]:
     """``--dataset`` as shortcuts on a stored config: a registered name, or a dataset file's
     name, file, root, source, lists and labels."""
     if not is_dataset_file(dataset):
-        return [("data.dataset", dataset, "--dataset"), ("data.dataset_file", None, "--dataset")]
+        return [
+            ("data.dataset", dataset, "--dataset"),
+            ("data.dataset_file", None, "--dataset"),
+            ("data.recipe_base", None, "--dataset"),
+        ]
     fields = dataset_fields(read_dataset(Path(dataset), stored.get("task", "recognition")))
     return [(f"data.{key}", value, "--dataset") for key, value in fields.items()]
 

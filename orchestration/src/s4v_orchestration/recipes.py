@@ -214,11 +214,13 @@ def recipe_base(task: str, dataset: DatasetFile) -> str:
 
 
 def dataset_fields(dataset: DatasetFile) -> dict[str, Any]:
-    """The ``data`` fields a dataset file sets: its name, file, root, source, lists and labels."""
+    """The ``data`` fields a dataset file sets: its name, file, recipe base, root, source, lists
+    and labels."""
     lists = dataset.lists
     return {
         "dataset": dataset.name,
         "dataset_file": str(dataset.path),
+        "recipe_base": recipe_base(dataset.task, dataset),
         "root": str(dataset.root),
         "source": dataset.source,
         "train_list": str(lists.train),

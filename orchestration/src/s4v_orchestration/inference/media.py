@@ -76,7 +76,8 @@ class Preprocessing:
         """The test-time preprocessing of a run: ``s4v eval``'s, view for view."""
         size = config.data.input_size or _preset_image_size(config)
         if config.task == "recognition":
-            spec = DATASETS[config.data.dataset]
+            # A dataset file's data follows its recipe base's sampling and resizing.
+            spec = DATASETS[config.data.recipe_base or config.data.dataset]
             return cls(
                 task="recognition",
                 num_frames=config.data.num_frames,
@@ -87,7 +88,7 @@ class Preprocessing:
                 resize=spec.resize,
                 resize_size=spec.resize_for(size),
             )
-        layout = RETRIEVAL_LAYOUTS[config.data.dataset]
+        layout = RETRIEVAL_LAYOUTS[config.data.recipe_base or config.data.dataset]
         return cls(
             task="retrieval",
             num_frames=config.data.num_frames,
