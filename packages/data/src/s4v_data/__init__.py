@@ -2,8 +2,10 @@
 
 The stages are separate functions (parse list -> sample indices -> decode -> transform -> collate)
 and :class:`VideoClipDataset` chains them. ``s4v_data.synthetic`` generates the project's own
-motion-defined video dataset, ``s4v_data.extract`` turns videos into frame folders and
-``s4v_data.check`` validates a dataset.
+motion-defined video dataset, ``s4v_data.extract`` turns videos into frame folders,
+``s4v_data.check`` validates a dataset, ``s4v_data.dataset_file`` reads a user's ``dataset.yaml``,
+``s4v_data.prepare`` makes one from a folder of class folders, and ``s4v_data.public`` reads the
+official split files of UCF101, HMDB51 and Kinetics.
 
 Names are imported on first use (PEP 562), so that list handling, extraction and checking start
 without importing torch and torchvision (seconds on a busy machine).

@@ -2,7 +2,10 @@
 
 This module is the one place a dataset name is defined. :data:`DATASETS` holds the recognition
 datasets (frame names, sampling family, resize policy, flip rules, file names); the values for
-Something-Something and Kinetics follow the Side4Video reference pipeline (spec section 3).
+Something-Something and Kinetics follow the Side4Video reference pipeline (spec section 3); UCF101 and
+HMDB51 take Kinetics' conventions and read their official split files (:mod:`s4v_data.public`). A
+user's own dataset needs no entry here: a ``dataset.yaml`` (:mod:`s4v_data.dataset_file`) describes
+it and borrows the conventions of ``k400`` or ``ssv2``.
 :data:`RETRIEVAL_LAYOUTS` holds the retrieval datasets (CLIP4Clip annotation layouts, spec 4.4).
 ``synthetic`` is the project's own generated dataset (``s4v_data.synthetic``) in both.
 :data:`TASK_DATASETS` maps a task to its registry; orchestration's run recipes attach to these
