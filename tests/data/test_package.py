@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import s4v_data
 def test_every_public_name_resolves() -> None:
     assert set(s4v_data.__all__) == set(s4v_data._WHERE)
     for name in s4v_data.__all__:
-        assert getattr(s4v_data, name) is not None
+        module = importlib.import_module(f"s4v_data.{s4v_data._WHERE[name]}")
+        assert getattr(s4v_data, name) is getattr(module, name), name
 
 
 def test_extraction_and_checking_do_not_import_torch() -> None:
