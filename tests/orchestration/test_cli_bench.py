@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
+from s4v_retrieval import count_parameters
 
 runner = CliRunner()
 
@@ -89,3 +90,28 @@ def test_bench_memory_plan_refuses_other_methods_and_bad_batches(tmp_path) -> No
         terminal_width=200,
     )  # fmt: skip
     assert batches.exit_code == 2 and "--batches" in batches.output
+
+
+def test_bench_memory_plans_a_retrieval_eva_preset(tmp_path) -> None:
+    result = runner.invoke(
+        app,
+        ["bench", "memory", "--task", "retrieval", "--model", "tiny-eva", "--batches", "1,4",
+         "--threads", "1", "--out", str(tmp_path)],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "retrieval tiny-eva: estimated training memory" in result.output
+    plan = json.loads((tmp_path / "memory-plan-retrieval-tiny-eva-bf16-ckpt.json").read_text())
+    plan = plan["plan"]
+    trainable, total = count_parameters("tiny-eva")
+    assert plan["trainable_params"] == trainable and plan["optimizer_bytes"] == 8 * trainable
+    assert plan["frozen_vision_params"] + plan["frozen_text_params"] == total - trainable
+    assert plan["frozen_weight_bytes"] == 4 * (total - trainable)  # tiny-eva keeps fp32 towers
+    assert plan["side_blocks"] == 2 and plan["linearity_error"] < 0.05
+    one, four = plan["batches"]
+    assert four["saved_bytes"] > one["saved_bytes"] > 0
+    assert (
+        four["total_bytes"] == plan["static_bytes"] + four["saved_bytes"] + four["transient_bytes"]
+    )
+    bad = runner.invoke(app, ["bench", "memory", "--task", "retrieval", "--model", "tiny"])
+    assert bad.exit_code == 2 and "EVA presets" in bad.output

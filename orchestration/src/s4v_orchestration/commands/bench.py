@@ -19,6 +19,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from s4v_orchestration.commands.bench_plan import PLAN_ABOVE_PARAMS, memory_plan, plan_wanted
+from s4v_orchestration.commands.bench_retrieval import retrieval_memory_plan
 from s4v_orchestration.paths import default_cache_dir
 
 if TYPE_CHECKING:
@@ -232,6 +233,13 @@ def memory(
     batches: Annotated[
         str, typer.Option(help="Comma-separated batch sizes (videos per step) of the memory plan.")
     ] = "1,8",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="recognition, or retrieval: the memory plan of a retrieval EVA preset "
+            "(side4video-e14, side4video-eva-l14, tiny-eva; both frozen towers counted)."
+        ),
+    ] = "recognition",
     out: Annotated[
         Path, typer.Option(help="Folder for the JSON results and the PNG chart.", file_okay=False)
     ] = Path("bench"),
@@ -247,6 +255,20 @@ def memory(
         import torch
 
         torch.set_num_threads(threads)
+    if task == "retrieval":
+        if plan is False or methods is not None:
+            _fail("--task retrieval gives the memory plan of side4video only")
+        retrieval_memory_plan(
+            wide,
+            preset=preset,
+            batches=batches,
+            precision=precision or "bf16",
+            checkpointing=True if checkpointing is None else checkpointing,
+            out=out,
+        )
+        return
+    if task != "recognition":
+        _fail(f"--task must be recognition or retrieval, got {task!r}")
     if plan_wanted(plan, preset, num_classes):
         if methods is not None and methods.replace(" ", "") != "side4video":
             _fail("the memory plan covers the side4video method only; leave out --methods")

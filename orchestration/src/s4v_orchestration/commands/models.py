@@ -63,12 +63,19 @@ def _recognition_tables(num_classes: int) -> list[Table]:
 def _retrieval_tables() -> list[Table]:
     from s4v_retrieval import METHODS, PRESETS, count_parameters
 
-    presets = Table(title="Retrieval presets (trainable parameters per method, text tower frozen)")
+    presets = Table(
+        title="Retrieval presets (trainable parameters per method; frozen towers: the vision and "
+        "text towers' weights as stored)"
+    )
     for column in ("preset", "backbone", "weights", "similarity"):
         presets.add_column(column, no_wrap=True)
-    for column in ("frames", "words", "side width", *METHODS):
-        presets.add_column(column, justify="right")
+    for column in ("frames", "words", "side width", "frozen towers", *METHODS):
+        presets.add_column(column, justify="right", no_wrap=column == "frozen towers")
     for name, preset in PRESETS.items():
+        counts = {method: count_parameters(name, method) for method in METHODS}
+        trainable, total = counts["side4video"]
+        dtype, size = ("bf16", 2) if preset.frozen_dtype == "bf16" else ("fp32", 4)
+        frozen = total - trainable
         presets.add_row(
             name,
             preset.backbone,
@@ -77,7 +84,8 @@ def _retrieval_tables() -> list[Table]:
             str(preset.num_frames),
             str(preset.max_words),
             str(preset.side_dim),
-            *(f"{count_parameters(name, method)[0]:,}" for method in METHODS),
+            f"{frozen * size / 2**30:.1f} GiB {dtype}",
+            *(f"{counts[method][0]:,}" for method in METHODS),
         )
     return [presets, _methods_table("Retrieval", METHODS)]
 
