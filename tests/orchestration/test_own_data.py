@@ -83,8 +83,8 @@ def test_a_folder_of_class_folders_trains_evaluates_and_is_recorded_under_its_na
     assert run.data.params["data.recipe_base"] == "k400"  # appearance
     assert run.data.params["data.source"] == "video"
     assert "test/top1" in run.data.metrics
-    best = in_tmp / "runs" / "recognition-arrows-tiny-side4video" / "best.pt"
-    assert best.is_file()
+    # The default output folder carries the name too.
+    [best] = (in_tmp / "runs").glob("recognition-arrows-tiny-side4video*/best.pt")
 
     # The checkpoint evaluates on the dataset file's test split (4 classes x 1 video).
     result = _invoke(["eval", "recognition", "--checkpoint", best, "--dataset", dataset_yaml,
@@ -191,6 +191,38 @@ def test_a_retrieval_dataset_file_reads_captions_per_split(tmp_path) -> None:
     task.prepare_data(config, announce=lambda _: None)
     assert task.annotations["train"].captions == (("one", "uno"),)
     assert task.annotations["test"].video_ids == ("b.mp4",)  # no test list: the val list
+
+
+def test_a_retrieval_dataset_file_trains_evaluates_and_checks_through_the_cli(
+    in_tmp, synthetic_root
+) -> None:
+    videos = [f"videos/vid_{c:02d}_{i:04d}.mp4" for c in range(4) for i in range(2)]
+    rows = [
+        f"{v},{CLASSES[int(v[11:13])].replace('_', ' ')} {n}" for v in videos for n in ("a", "b")
+    ]
+    (in_tmp / "captions.csv").write_text("video,caption\n" + "\n".join(rows) + "\n")
+    (in_tmp / "train.txt").write_text("".join(f"{v}\n" for v in videos[::2] + videos[1:4:2]))
+    (in_tmp / "val.txt").write_text("".join(f"{v}\n" for v in videos[5::2]))
+    path = in_tmp / "dataset.yaml"
+    path.write_text(
+        f"name: arrows-text\ntask: retrieval\nroot: {synthetic_root}\ncaptions: captions.csv\n"
+        "lists: {train: train.txt, val: val.txt}\n"
+    )
+    result = _invoke(["data", "check", "--dataset", path])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"captions\s*│\s*12\s*│", result.output), result.output  # 6 train videos x 2
+    result = _invoke(
+        ["run", "retrieval", "--dataset", path, "--backbone", "tiny", "--pretrained", "none",
+         "--epochs", "1", "--batch-size", "3", "--no-tracking", "--set", "data.num_frames=4",
+         "--set", "data.num_workers=0", "--set", "cpu_threads=1", "--set", "device=cpu",
+         "--set", "solver.warmup_epochs=0"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [best] = (in_tmp / "runs").glob("retrieval-arrows-text-tiny-side4video*/best.pt")
+    result = _invoke(["eval", "retrieval", "--checkpoint", best, "--dataset", path,
+                      "--no-tracking"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "text->video R@1/5/10" in result.output
 
 
 def test_ucf101_reads_its_official_split_files_and_data_split_picks_one(tmp_path) -> None:

@@ -225,6 +225,10 @@ def check(
             raise _fail("--list and --root come from the dataset file; give one or the other")
         try:
             described = read_dataset_file(dataset)
+            if described.task == "retrieval":
+                if _check_retrieval(described):
+                    raise typer.Exit(1)
+                return
             num_classes = described.num_classes
             if described.labels is not None:
                 num_classes = len(read_labels(described.labels))
@@ -255,6 +259,33 @@ def check(
     problems = [_check_list(*job, depth=_depth(depth), timeout=timeout) for job in jobs]
     if any(problems):
         raise typer.Exit(1)
+
+
+def _check_retrieval(described) -> bool:
+    """Each split of a retrieval dataset file: captions for every video, every video on disk."""
+    problems = False
+    for split in ("train", "val", "test"):
+        if split == "test" and described.lists.test is None:
+            continue
+        videos = described.read_split(split)
+        media = described.layout()
+        template = media.frame_dir if described.source == "rawframes" else media.video_file
+        missing = [
+            video
+            for video in videos.video_ids
+            if not (described.media_root / template.format(video_id=video, split=split)).exists()
+        ]
+        table = Table(
+            title=f"{described.split_list(split)} ({described.source})", show_header=False
+        )
+        table.add_row("videos", str(videos.num_videos))
+        table.add_row("captions", str(videos.num_captions))
+        table.add_row("missing", str(len(missing)))
+        console.print(table)
+        for video in missing[:MAX_LISTED]:
+            console.print(f"  missing: {described.media_root / video}", soft_wrap=True)
+        problems = problems or bool(missing)
+    return problems
 
 
 def _check_list(

@@ -93,6 +93,13 @@ def retrieval(
             dir_okay=False,
         ),
     ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="A retrieval dataset file path/to/dataset.yaml to test on (default: the data "
+            "the run trained on)."
+        ),
+    ] = None,
     data_root: Annotated[
         Path | None,
         typer.Option(help="Folder holding the annotation files (default: the run's)."),
@@ -128,6 +135,7 @@ def retrieval(
         locals(),
         _retrieval_rows,
         extra=extra,
+        dataset=dataset,
         require_task="retrieval",
         default_out_dir=checkpoint.parent / f"eval-{checkpoint.stem}",
     )
