@@ -7,7 +7,10 @@ Side4Video's EVA models (github.com/HJYao00/Side4Video @ 5d72352) wrap one modul
 an attribute of that file, built as ``_build_vision_tower`` of ``eva_clip/model.py`` calls it
 (``num_classes=embed_dim``, ``use_mean_pooling=global_average_pool=False``; configs
 ``EVA02-CLIP-bigE-14``: post-norm blocks, fused ``qkv``, GELU MLP; ``EVA02-CLIP-L-14``: ``subln``,
-``rope``, ``naiveswiglu``):
+``rope``, ``naiveswiglu``; these JSON configs are EVA-CLIP's ``eva_clip/model_configs``, which the
+reference vendors but its stored snapshot lacks, read from a vendored copy of EVA-CLIP, as is the
+``rope.py`` that ``eva_vit_model.py`` imports). The side network's ``AttnCBlock`` gives its
+attention ``dim // 64`` heads.
 
 Reference name (relative to the ViT; the class of ``eva_vit_model.py`` that defines it) -> s4v
 name (timm ``Eva`` inside ``FrozenEVA``):
