@@ -168,3 +168,20 @@ def test_the_e14_release_layout_maps_one_to_one_onto_side4video_e14(reference_ev
         "norm.bias",
         "norm.weight",
     ]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_file_with_only_the_side_network_and_head_takes_its_tower_from_pretrained(
+    release, tmp_path
+) -> None:
+    reference, path = release
+    whole = load_side4video_checkpoint(path, "tiny-eva", K)
+    state = torch.load(path, weights_only=True)["model_state_dict"]
+    kept = {k: v for k, v in state.items() if k.startswith(("visual.side_", "fc."))}
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in kept.items()}}, tmp_path / "s.pt")
+    # The reference release itself serves as the tower's weights (create_clip reads its names).
+    alone = load_side4video_checkpoint(tmp_path / "s.pt", "tiny-eva", K, pretrained=str(path))
+    assert alone.backbone_identity == whole.backbone_identity
+    frames = torch.randn(1, T, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(alone(frames), reference(frames), rtol=1e-4, atol=1e-5)
