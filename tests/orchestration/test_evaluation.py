@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from s4v_orchestration.runtime import DistEnv
-from s4v_orchestration.tasks.recognition import RecognitionTask, data_files
+from s4v_orchestration.tasks import RunContext
+from s4v_orchestration.tasks.recognition import RecognitionTask
 
 
 def test_multi_view_scores_average_the_softmax_of_every_view(tiny_config) -> None:
@@ -13,12 +14,12 @@ def test_multi_view_scores_average_the_softmax_of_every_view(tiny_config) -> Non
     task = RecognitionTask()
     parts = task.build(config, with_train_data=False)
     model = parts.model.eval()
-    dataset = task._dataset(config, data_files(config).val_list, "test")
+    dataset = task._dataset(config, "test", "test", num_classes=8)
     views, label = dataset[0]
     assert views.shape == (6, config.data.num_frames, 3, 32, 32)  # 3 crops x 2 clips
 
-    loader = task._eval_loader(dataset, config, DistEnv())
-    scores, labels = task.predict(model, loader, torch.device("cpu"), DistEnv())
+    run = RunContext(config=config, parts=parts, device=torch.device("cpu"), env=DistEnv())
+    scores, labels = task.predict(model, task.eval_loader(dataset, run), run, description="test")
     assert scores.shape == (len(dataset), 8)
     assert labels.tolist() == [r.label for r in dataset.records]
     torch.testing.assert_close(scores.sum(dim=1), torch.ones(len(dataset)))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import torch
+
 from s4v_data.dataset import available_workers
 from s4v_orchestration.runtime import DistEnv
-from s4v_orchestration.tasks import get_task
+from s4v_orchestration.tasks import RunContext, get_task
 
 
 def test_num_workers_auto_resolves_to_this_machines_share(tiny_config) -> None:
@@ -20,9 +24,10 @@ def test_val_loader_keeps_its_workers_and_prefetches(tiny_config) -> None:
     ).with_defaults()
     task = get_task("recognition")
     parts = task.build(config)
-    val = task.val_loader(parts, config, env=DistEnv())
+    run = RunContext(config=config, parts=parts, device=torch.device("cpu"), env=DistEnv())
+    val = task.val_loader(run)
     assert val.persistent_workers and val.prefetch_factor == 3 and val.num_workers == 1
-    train = task.train_loader(parts, config, epoch=0, env=DistEnv())
+    train = task.train_loader(run, epoch=0)
     assert train.prefetch_factor == 3 and not train.persistent_workers
     off = tiny_config("off", **{"data.num_workers": 0}).with_defaults()
-    assert not task.val_loader(parts, off, env=DistEnv()).persistent_workers
+    assert not task.val_loader(replace(run, config=off)).persistent_workers

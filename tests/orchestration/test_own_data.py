@@ -16,13 +16,14 @@ from typer.testing import CliRunner
 
 from s4v_data.annotations import read_list
 from s4v_data.dataset_file import read_dataset_file
+from s4v_data.files import check_data_files
 from s4v_orchestration.cli import app
 from s4v_orchestration.config import ConfigError
 from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.recipes import DATASET_PRESETS
 from s4v_orchestration.sweep.spec import load_sweep_file
-from s4v_orchestration.tasks.recognition import RecognitionTask, check_data_files
-from s4v_orchestration.tasks.retrieval import RetrievalTask
+from s4v_orchestration.tasks.recognition import RecognitionTask, recognition_data_files
+from s4v_orchestration.tasks.retrieval import RetrievalTask, retrieval_layout
 
 runner = CliRunner()
 CLASSES = ("left_to_right", "right_to_left", "top_to_bottom", "bottom_to_top")
@@ -187,10 +188,10 @@ def test_a_retrieval_dataset_file_reads_captions_per_split(tmp_path) -> None:
     )
     config = load_run_config("retrieval", str(path)).with_defaults()
     assert config.tracking.experiment == "retrieval-clips"
-    task = RetrievalTask()
-    task.prepare_data(config, announce=lambda _: None)
-    assert task.annotations["train"].captions == (("one", "uno"),)
-    assert task.annotations["test"].video_ids == ("b.mp4",)  # no test list: the val list
+    RetrievalTask().prepare_data(config, announce=lambda _: None)  # finds every split
+    layout, root = retrieval_layout(config), Path(config.data.root)
+    assert layout.read(root, "train").captions == (("one", "uno"),)
+    assert layout.read(root, "test").video_ids == ("b.mp4",)  # no test list: the val list
 
 
 def test_a_retrieval_dataset_file_trains_evaluates_and_checks_through_the_cli(
@@ -248,4 +249,4 @@ def test_ucf101_reads_its_official_split_files_and_data_split_picks_one(tmp_path
     assert parts.train_data.records[0].path == "UCF-101/Archery/v_Archery_g03_c01.avi"
     split2 = config.model_copy(update={"data": config.data.model_copy(update={"split": 2})})
     with pytest.raises(FileNotFoundError, match=r"testlist02\.txt"):
-        check_data_files(split2)
+        check_data_files(recognition_data_files(split2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from s4v_orchestration.cli import app
 from s4v_orchestration.config import ConfigError
 from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.recipes import DATASET_PRESETS
+from s4v_orchestration.runtime import DistEnv
+from s4v_orchestration.tasks import RunContext
 from s4v_orchestration.tasks.retrieval import RetrievalTask
 from s4v_orchestration.train import train
 
@@ -167,6 +170,23 @@ def test_a_trained_text_tower_gets_its_own_learning_rate(sets) -> None:
     text = {id(p) for p in parts.model.text.parameters()}
     assert {id(p) for p in groups[1]["params"]} == text
     assert not text & {id(p) for p in groups[0]["params"]}
+
+
+def test_the_loss_leaves_the_model_alone_and_the_step_hook_clamps_the_temperature(sets) -> None:
+    config = load_run_config("retrieval", "synthetic", overrides=sets("clamp")).with_defaults()
+    task = RetrievalTask()
+    parts = task.build(config)
+    run = RunContext(config=config, parts=parts, device=torch.device("cpu"), env=DistEnv())
+    scale = parts.model.logit_scale.log_scale
+    with torch.no_grad():
+        scale.fill_(10.0)  # past CLIP's cap of ln 100, as an optimizer step may leave it
+    batch = next(iter(task.train_loader(run, epoch=0)))
+    loss, clips = task.loss(parts.model, batch, run)
+    assert clips == config.data.batch_size and loss.isfinite()
+    assert scale.item() == 10.0  # a forward changes no parameter
+    task.after_optimizer_step(parts.model)
+    assert scale.item() == pytest.approx(math.log(100))
+    assert vars(task) == {}  # the task kept nothing of this run
 
 
 @pytest.mark.parametrize("dataset", sorted(DATASET_PRESETS["retrieval"]))

@@ -75,6 +75,25 @@ def test_run_returns_validation_and_test_metrics_and_writes_checkpoints(tiny_con
     assert epoch_metrics["val/top1"] == metrics["val/top1"]
 
 
+def test_the_task_hook_runs_after_every_optimizer_step(tiny_config, monkeypatch) -> None:
+    config = tiny_config(
+        "hook", **{"solver.epochs": 1, "solver.max_steps": 3, "eval.final_test": False}
+    )
+    steps = []
+    real_step = torch.optim.AdamW.step
+
+    def counted_step(self, *args, **kwargs):
+        steps.append("optimizer")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted_step)
+    monkeypatch.setattr(
+        RecognitionTask, "after_optimizer_step", lambda self, m: steps.append("hook")
+    )
+    train(config)
+    assert steps == ["optimizer", "hook"] * 3
+
+
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     tiny_config, monkeypatch
 ) -> None:
@@ -83,8 +102,8 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     real_loss = RecognitionTask.loss
     steps_per_epoch = 32 // 4
 
-    def loss_that_diverges_in_epoch_two(self, model, batch, device):
-        loss, clips = real_loss(self, model, batch, device)
+    def loss_that_diverges_in_epoch_two(self, model, batch, run):
+        loss, clips = real_loss(self, model, batch, run)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > steps_per_epoch + 2 else loss), clips
 

@@ -26,7 +26,7 @@ from s4v_orchestration.runtime import (
     resolve_device,
     seed_everything,
 )
-from s4v_orchestration.tasks import Evaluation, get_task
+from s4v_orchestration.tasks import Evaluation, RunContext, get_task
 from s4v_orchestration.tracking import tracked_run
 from s4v_recognition.checkpoints import build_saved_model
 
@@ -139,7 +139,8 @@ def evaluate_checkpoint(
             ) as tracker,
             ui,
         ):
-            evaluation = task.final_test(model, config, parts, device, env, out_dir, track=ui.track)
+            run = RunContext(config=config, parts=parts, device=device, env=env, track=ui.track)
+            evaluation = task.final_test(model, run, out_dir)
             tracker.log_params({"views": views, "checkpoint": str(checkpoint.resolve())})
             tracker.log_metrics({f"test/{k}": v for k, v in evaluation.metrics.items()}, step=0)
             for path in evaluation.files:

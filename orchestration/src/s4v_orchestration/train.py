@@ -41,7 +41,7 @@ from s4v_orchestration.runtime import (
     seed_everything,
 )
 from s4v_orchestration.schedule import build_scheduler
-from s4v_orchestration.tasks import Task, TaskParts, get_task
+from s4v_orchestration.tasks import RunContext, Task, TaskParts, get_task
 from s4v_orchestration.tracking import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,10 @@ class _Run:
     :class:`TrainState`, which the steps take beside this.
     """
 
-    config: RunConfig
+    context: RunContext  # config, built parts, device, process group: what the task's methods get
     task: Task
-    device: torch.device
-    env: DistEnv
     precision: str
     ui: RunProgress
-    parts: TaskParts
     model: nn.Module  # the bare model: checkpoints, validation and the final test use it
     ddp_model: nn.Module  # what trains: the model, wrapped in DDP when distributed
     trainable: list[nn.Parameter]
@@ -133,6 +130,22 @@ class _Run:
     steps_per_epoch: int
     # Built once and kept: with data.persistent_workers its workers stay up between validations.
     val_loader: DataLoader
+
+    @property
+    def config(self) -> RunConfig:
+        return self.context.config
+
+    @property
+    def parts(self) -> TaskParts:
+        return self.context.parts
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    @property
+    def env(self) -> DistEnv:
+        return self.context.env
 
     @property
     def out_dir(self) -> Path:
@@ -162,9 +175,10 @@ def _run(
     """One run, step by step, on a device and process group already set up."""
     precision, ui = _set_up_runtime(config, device, env, progress)
     parts = _build_parts(config, task, env, ui)
+    context = RunContext(config=config, parts=parts, device=device, env=env, track=ui.track)
     model = parts.model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = _steps_per_epoch(config, task, parts, env)
+    steps_per_epoch = _steps_per_epoch(task, context)
     optimizer, scheduler, scaler = _build_optimization(
         config, task, model, device, precision, steps_per_epoch
     )
@@ -174,13 +188,10 @@ def _run(
         state = _resume(config, parts, model, optimizer, scheduler, scaler, env)
         ui.note(f"resumed from {config.resume} after epoch {state.epoch} (step {state.step})")
     run = _Run(
-        config=config,
+        context=context,
         task=task,
-        device=device,
-        env=env,
         precision=precision,
         ui=ui,
-        parts=parts,
         model=model,
         ddp_model=_distribute(model, device, env),
         trainable=trainable,
@@ -188,7 +199,7 @@ def _run(
         scheduler=scheduler,
         scaler=scaler,
         steps_per_epoch=steps_per_epoch,
-        val_loader=task.val_loader(parts, config, env=env),
+        val_loader=task.val_loader(context),
     )
 
     with _open_tracking(run, state) as tracker, ui:
@@ -229,10 +240,11 @@ def _build_parts(config: RunConfig, task: Task, env: DistEnv, ui: RunProgress) -
     return task.build(config)
 
 
-def _steps_per_epoch(config: RunConfig, task: Task, parts: TaskParts, env: DistEnv) -> int:
+def _steps_per_epoch(task: Task, run: RunContext) -> int:
     """Optimizer steps in one epoch; at least one, or the run cannot start."""
+    config, env = run.config, run.env
     accumulation = config.solver.grad_accumulation
-    steps = len(task.train_loader(parts, config, epoch=0, env=env)) // accumulation
+    steps = len(task.train_loader(run, epoch=0)) // accumulation
     if steps == 0:
         raise ValueError(
             f"the training set is too small for batch_size {config.data.batch_size} x "
@@ -334,7 +346,7 @@ def _train_epochs(
 
 def _validate(run: _Run) -> dict[str, float]:
     """Validation metrics over all ranks, prefixed ``val/``."""
-    val = run.task.validate(run.model, run.val_loader, run.device, run.env, track=run.ui.track)
+    val = run.task.validate(run.model, run.val_loader, run.context)
     return {f"val/{k}": v for k, v in val.items()}
 
 
@@ -392,7 +404,7 @@ def _train_one_epoch(
     solver = run.config.solver
     accumulation = solver.grad_accumulation
     micro_batches = run.steps_per_epoch * accumulation
-    loader = run.task.train_loader(run.parts, run.config, epoch=epoch, env=run.env)
+    loader = run.task.train_loader(run.context, epoch=epoch)
     run.ddp_model.train()
     now = time.perf_counter()
     total, window = _LossMeter(start=now), _LossMeter(start=now)
@@ -444,7 +456,7 @@ def _forward_backward(
     )
     with sync:
         with autocast(run.device, run.precision):
-            loss, clips = run.task.loss(run.ddp_model, batch, run.device)
+            loss, clips = run.task.loss(run.ddp_model, batch, run.context)
         global_loss = run.env.mean(loss.detach().float()).item()
         if not math.isfinite(global_loss):
             raise NonFiniteLossError(
@@ -466,6 +478,7 @@ def _optimizer_step(run: _Run, state: TrainState) -> float:
     lr = run.optimizer.param_groups[0]["lr"]
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    run.task.after_optimizer_step(run.model)
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     state.step += 1
@@ -553,9 +566,7 @@ def _final_test(run: _Run, state: TrainState, tracker: Tracker) -> dict[str, flo
     if run.best_path.is_file():
         run.model.load_trainable_state_dict(load_checkpoint(run.best_path)["model"])
     out_dir = run.out_dir / "eval"
-    evaluation = run.task.final_test(
-        run.model, run.config, run.parts, run.device, run.env, out_dir, track=run.ui.track
-    )
+    evaluation = run.task.final_test(run.model, run.context, out_dir)
     metrics = {f"test/{k}": v for k, v in evaluation.metrics.items()}
     tracker.log_metrics(metrics, step=state.epoch)
     for path in evaluation.files:

@@ -51,8 +51,8 @@ def user_errors() -> Iterator[None]:
     from s4v_core.weights import WeightsFileError
     from s4v_data.annotations import AnnotationError
     from s4v_data.dataset_file import DatasetFileError
+    from s4v_data.files import DataError
     from s4v_orchestration.config import ConfigError
-    from s4v_orchestration.tasks.recognition import DataError
     from s4v_orchestration.tracking import TrackingStoreError
     from s4v_orchestration.train import NonFiniteLossError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from s4v_orchestration.tasks.base import Evaluation, Task, TaskParts
+from s4v_orchestration.tasks.base import Evaluation, RunContext, Task, TaskParts
 from s4v_orchestration.tasks.recognition import RecognitionTask
 from s4v_orchestration.tasks.retrieval import RetrievalTask
 
@@ -21,4 +21,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "Evaluation", "Task", "TaskParts", "get_task"]
+__all__ = ["TASKS", "Evaluation", "RunContext", "Task", "TaskParts", "get_task"]

@@ -14,12 +14,12 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from s4v_data.order import evaluation_shard, training_order
 from s4v_data.synthetic import generate
 from s4v_orchestration.config import ConfigError, RunConfig
 from s4v_orchestration.runtime import DistEnv
-from s4v_orchestration.sampling import SeededItems, ShardSampler
 
 # track(iterable, total, description) -> the same items, shown as a progress bar.
 Track = Callable[[Iterable[Any], int, str], Iterable[Any]]
@@ -40,6 +40,17 @@ class TaskParts:
     extra: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints (e.g. class names)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunContext:
+    """What a task's methods need to know about the run they serve, fixed once it is built."""
+
+    config: RunConfig
+    parts: TaskParts
+    device: torch.device
+    env: DistEnv
+    track: Track = no_track  # progress bars (rank 0 of a run with progress shown)
+
+
 @dataclass(kw_only=True)
 class Evaluation:
     """Metrics of one evaluation pass (unprefixed, e.g. ``top1``) and the report files written."""
@@ -51,7 +62,9 @@ class Evaluation:
 class Task(Protocol):
     """Everything task-specific that ``train()`` needs.
 
-    Tasks subclass this protocol, so they inherit its default methods (:meth:`parameter_groups`).
+    A task keeps no state between calls: what a method needs comes in as arguments, the run's
+    settings and built parts in a :class:`RunContext`. Tasks subclass this protocol, so they
+    inherit its default methods (:meth:`parameter_groups`, :meth:`after_optimizer_step`).
     """
 
     name: str
@@ -74,12 +87,10 @@ class Task(Protocol):
         ``model`` replaces the one the config describes (e.g. a converted release).
         """
 
-    def train_loader(
-        self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv
-    ) -> DataLoader:
+    def train_loader(self, run: RunContext, *, epoch: int) -> DataLoader:
         """This rank's training batches for ``epoch`` (a pure function of seed and epoch)."""
 
-    def val_loader(self, parts: TaskParts, config: RunConfig, *, env: DistEnv) -> DataLoader:
+    def val_loader(self, run: RunContext) -> DataLoader:
         """This rank's share of the validation set."""
 
     def parameter_groups(self, model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
@@ -87,31 +98,16 @@ class Task(Protocol):
         trainable parameter at ``solver.lr``."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
+    def loss(self, model: nn.Module, batch: Any, run: RunContext) -> tuple[torch.Tensor, int]:
         """Training loss of one batch and the number of clips in it."""
 
-    def validate(
-        self,
-        model: nn.Module,
-        loader: DataLoader,
-        device: torch.device,
-        env: DistEnv,
-        *,
-        track: Track = no_track,
-    ) -> dict[str, float]:
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. to clamp a parameter); by default nothing."""
+
+    def validate(self, model: nn.Module, loader: DataLoader, run: RunContext) -> dict[str, float]:
         """Validation metrics over all ranks (unprefixed), identical on every rank."""
 
-    def final_test(
-        self,
-        model: nn.Module,
-        config: RunConfig,
-        parts: TaskParts,
-        device: torch.device,
-        env: DistEnv,
-        out_dir: Path,
-        *,
-        track: Track = no_track,
-    ) -> Evaluation:
+    def final_test(self, model: nn.Module, run: RunContext, out_dir: Path) -> Evaluation:
         """The end-of-run test of the best weights; rank 0 writes the report files to ``out_dir``."""
 
 
@@ -150,37 +146,20 @@ def generate_synthetic(
         raise ConfigError(f"data.root: {err}") from None
 
 
-def train_sampling(
-    dataset: Dataset, config: RunConfig, *, epoch: int, env: DistEnv
-) -> tuple[SeededItems, ShardSampler]:
-    """The epoch's training items (each augmented from its own seed) and this rank's share.
-
-    The order is a permutation of ``(seed, epoch)`` cut to whole batches on every rank
-    (``drop_last``): a pure function of seed and epoch, so a resumed run sees the same clips.
-    """
-    items = SeededItems(dataset, seed=config.seed)
-    items.set_epoch(epoch)
-    sampler = ShardSampler(
-        len(items),
-        rank=env.rank,
-        world_size=env.world_size,
-        shuffle=True,
-        seed=config.seed,
-        drop_last=True,
+def train_sampling(dataset: Dataset, run: RunContext, *, epoch: int) -> tuple[Dataset, Sampler]:
+    """The epoch's training items and this rank's share (:func:`s4v_data.order.training_order`)."""
+    return training_order(
+        dataset,
+        seed=run.config.seed,
+        epoch=epoch,
+        rank=run.env.rank,
+        world_size=run.env.world_size,
     )
-    sampler.set_epoch(epoch)
-    return items, sampler
 
 
-def eval_sampler(dataset: Dataset, env: DistEnv) -> ShardSampler:
+def eval_sampler(dataset: Dataset, run: RunContext) -> Sampler:
     """This rank's share of an evaluation set, in order; every item is seen exactly once."""
-    return ShardSampler(
-        len(dataset),  # type: ignore[arg-type]
-        rank=env.rank,
-        world_size=env.world_size,
-        shuffle=False,
-        drop_last=False,
-    )
+    return evaluation_shard(dataset, rank=run.env.rank, world_size=run.env.world_size)
 
 
 def eval_batch_size(config: RunConfig) -> int:

@@ -10,7 +10,6 @@ every epoch on one centre view, as the reference does; the final test uses ``eva
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,20 @@ from torch.utils.data import DataLoader
 
 from s4v_data import DATASETS, VideoClipDataset, VideoRecord, make_loader, read_labels
 from s4v_data.dataset_file import read_dataset_file
-from s4v_data.public import SplitRecords
+from s4v_data.files import DataError, DataFiles, check_data_files, data_files, read_official
 from s4v_data.specs import DatasetSpec
 from s4v_data.synthetic import DIRECTION_PAIRS
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.reports import write_recognition_report
-from s4v_orchestration.runtime import DistEnv
 from s4v_orchestration.tasks.base import (
     Evaluation,
+    RunContext,
     Task,
     TaskParts,
-    Track,
     build_from_seed,
     eval_batch_size,
     eval_sampler,
     generate_synthetic,
-    no_track,
     train_sampling,
 )
 from s4v_recognition import PRESETS, build_model
@@ -49,14 +46,6 @@ from s4v_recognition.metrics import (
 )
 
 
-class DataError(RuntimeError):
-    """The data cannot serve this run; the message says what is wrong and what to do."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """A real dataset's files are missing; the message says what was looked for and what to do."""
-
-
 def dataset_spec(config: RunConfig) -> DatasetSpec:
     """The conventions of ``config.data``'s dataset: registered, or from its dataset file."""
     data = config.data
@@ -65,76 +54,29 @@ def dataset_spec(config: RunConfig) -> DatasetSpec:
     return DATASETS[data.dataset]
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DataFiles:
-    root: Path
-    train_list: Path
-    val_list: Path
-    test_list: Path
-    labels: Path
-    # Reads the dataset's official split files instead of the lists (UCF101, HMDB51, Kinetics
-    # videos): (root, split, split number) -> records and class names.
-    official: Callable[[Path, str, int], SplitRecords] | None = None
-
-
-def data_files(config: RunConfig) -> DataFiles:
-    """Where the lists and the label file of ``config.data`` are (config values or the defaults)."""
+def recognition_data_files(config: RunConfig) -> DataFiles:
+    """Where the lists and the label file of ``config.data`` are (config values or defaults)."""
     data = config.data
-    spec = dataset_spec(config)
-    root = Path(data.root)
-    videos = data.source == "video"
-    train_list = root / (data.train_list or (spec.train_video_list if videos else spec.train_list))
-    val_list = root / (data.val_list or (spec.val_video_list if videos else spec.val_list))
-    # The official split files serve videos unless lists are given or the default lists exist.
-    lists_given = data.train_list is not None or data.val_list is not None
-    official = spec.official if videos and not lists_given and not train_list.is_file() else None
-    return DataFiles(
-        root=root,
-        train_list=train_list,
-        val_list=val_list,
-        test_list=root / data.test_list if data.test_list else val_list,
-        labels=root / (data.labels or spec.label_file),
-        official=official,
+    return data_files(
+        dataset_spec(config),
+        data.root,
+        name=data.dataset,
+        source=data.source,
+        train_list=data.train_list,
+        val_list=data.val_list,
+        test_list=data.test_list,
+        labels=data.labels,
+        split=data.split,
     )
 
 
-def read_official(config: RunConfig, split: str) -> SplitRecords:
-    """One split of a dataset read from its official split files (``data.split`` picks which)."""
-    files = data_files(config)
-    if files.official is None:
-        raise DataError(f"the {config.data.dataset} dataset has no official split files")
-    try:
-        return files.official(files.root, split, config.data.split)
-    except FileNotFoundError as err:
-        raise DataNotFoundError(
-            f"the {config.data.dataset} dataset is not prepared under {files.root}: {err}.\n"
-            "Unpack its videos and official split files there (see the README's section on "
-            "public datasets), or point --data-root at the folder that holds them."
-        ) from None
+def _time_reversed_pairs(config: RunConfig) -> list[tuple[int, int]]:
+    """Class pairs that differ only in the direction of time (the synthetic set's)."""
+    return list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
 
 
-def check_data_files(config: RunConfig, *, need_train: bool = True) -> None:
-    """Fail at once, before any model is built, when a real dataset is not prepared."""
-    files = data_files(config)
-    if files.official is not None:
-        for split in ("train", "test") if need_train else ("test",):
-            read_official(config, split)
-        return
-    wanted = {"validation list": files.val_list, "label file": files.labels}
-    if need_train:
-        wanted = {"training list": files.train_list, **wanted}
-    if files.test_list != files.val_list:
-        wanted["test list"] = files.test_list
-    missing = [f"{what} {path}" for what, path in wanted.items() if not path.is_file()]
-    if missing:
-        name = config.data.dataset
-        raise DataNotFoundError(
-            f"the {name} dataset is not prepared under {files.root}: missing "
-            + "; ".join(missing)
-            + ".\nPrepare it with `s4v data extract` (see `s4v data --help`), or point "
-            "--data-root at the folder that holds it. For a self-contained run that needs no "
-            "download, use --dataset synthetic."
-        )
+def _num_classes(parts: TaskParts) -> int:
+    return len(parts.extra["class_names"])
 
 
 def build_recognition_model(config: RunConfig, num_classes: int) -> nn.Module:
@@ -162,11 +104,6 @@ class RecognitionTask(Task):
     name = "recognition"
     best_metric = "top1"
 
-    def __init__(self) -> None:
-        self.config: RunConfig | None = None
-        self.num_classes = 0
-        self.pairs: list[tuple[int, int]] = []  # time-reversed class pairs (synthetic data)
-
     # -- data ------------------------------------------------------------------------------
 
     def prepare_data(
@@ -178,15 +115,17 @@ class RecognitionTask(Task):
     ) -> None:
         if config.data.dataset == "synthetic":
             generate_synthetic(config, announce)
-        check_data_files(config, need_train=with_train_data)
+        check_data_files(recognition_data_files(config), need_train=with_train_data)
 
-    def _dataset(self, config: RunConfig, split: str, mode: str) -> VideoClipDataset:
+    def _dataset(
+        self, config: RunConfig, split: str, mode: str, num_classes: int
+    ) -> VideoClipDataset:
         """The clips of ``split`` (train, val or test) from its list or official split file."""
         data = config.data
-        files = data_files(config)
+        files = recognition_data_files(config)
         records: list[VideoRecord] | None = None
         if files.official is not None:
-            official = read_official(config, split)
+            official = read_official(files, split)
             list_file, records = official.source, official.records
         else:
             list_file = {"train": files.train_list, "val": files.val_list}.get(
@@ -206,41 +145,41 @@ class RecognitionTask(Task):
             flip=data.flip,
             test_crops=config.eval.test_crops,
             test_clips=config.eval.test_clips,
-            num_classes=self.num_classes,
+            num_classes=num_classes,
         )
 
     def build(
         self, config: RunConfig, *, with_train_data: bool = True, model: nn.Module | None = None
     ) -> TaskParts:
-        self.config = config
-        files = data_files(config)
+        files = recognition_data_files(config)
         if files.official is not None:
-            class_names = read_official(config, "test").class_names
+            class_names = read_official(files, "test").class_names
             names_source = f"the {config.data.dataset} split files"
         else:
             class_names = read_labels(files.labels)
             names_source = str(files.labels)
-        self.num_classes = len(class_names)
-        if model is not None and model.num_classes != self.num_classes:
+        num_classes = len(class_names)
+        if model is not None and model.num_classes != num_classes:
             raise DataError(
                 f"the model predicts {model.num_classes} classes but {names_source} list "
-                f"{self.num_classes}; evaluate it on the dataset it was trained for"
+                f"{num_classes}; evaluate it on the dataset it was trained for"
             )
         if model is None:
-            model = build_recognition_model(config, self.num_classes)
-        self.pairs = list(DIRECTION_PAIRS) if config.data.dataset == "synthetic" else []
+            model = build_recognition_model(config, num_classes)
+        train_data = None
+        if with_train_data:
+            train_data = self._dataset(config, "train", "train", num_classes)
         return TaskParts(
             model=model,
-            train_data=self._dataset(config, "train", "train") if with_train_data else None,
-            val_data=self._dataset(config, "val", "val"),
+            train_data=train_data,
+            val_data=self._dataset(config, "val", "val", num_classes),
             backbone_identity=model.backbone_identity,
             extra={"class_names": list(class_names)},
         )
 
-    def train_loader(
-        self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv
-    ) -> DataLoader:
-        items, sampler = train_sampling(parts.train_data, config, epoch=epoch, env=env)
+    def train_loader(self, run: RunContext, *, epoch: int) -> DataLoader:
+        config = run.config
+        items, sampler = train_sampling(run.parts.train_data, run, epoch=epoch)
         return make_loader(
             items,
             batch_size=config.data.batch_size,
@@ -252,34 +191,34 @@ class RecognitionTask(Task):
             drop_last=True,
         )
 
-    def _eval_loader(
-        self, dataset: VideoClipDataset, config: RunConfig, env: DistEnv
-    ) -> DataLoader:
+    def eval_loader(self, dataset: VideoClipDataset, run: RunContext) -> DataLoader:
+        """This rank's share of ``dataset`` in order, in evaluation batches."""
+        config = run.config
         return make_loader(
             dataset,
             batch_size=eval_batch_size(config),
             shuffle=False,
-            sampler=eval_sampler(dataset, env),
+            sampler=eval_sampler(dataset, run),
             num_workers=config.data.workers(),
             prefetch_factor=config.data.prefetch_factor,
             persistent_workers=config.data.persistent_workers,
             seed=config.seed,
         )
 
-    def val_loader(self, parts: TaskParts, config: RunConfig, *, env: DistEnv) -> DataLoader:
-        return self._eval_loader(parts.val_data, config, env)
+    def val_loader(self, run: RunContext) -> DataLoader:
+        return self.eval_loader(run.parts.val_data, run)
 
     # -- training --------------------------------------------------------------------------
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
-        solver = self.config.solver
-        clips, labels = (t.to(device, non_blocking=True) for t in batch)
+    def loss(self, model: nn.Module, batch: Any, run: RunContext) -> tuple[torch.Tensor, int]:
+        solver = run.config.solver
+        clips, labels = (t.to(run.device, non_blocking=True) for t in batch)
         targets: torch.Tensor = labels
         if solver.mixup_alpha > 0 or solver.cutmix_alpha > 0:
             clips, targets = mix_clips(
                 clips,
                 labels,
-                num_classes=self.num_classes,
+                num_classes=_num_classes(run.parts),
                 mixup_alpha=solver.mixup_alpha,
                 cutmix_alpha=solver.cutmix_alpha,
                 switch_prob=solver.mix_switch_prob,
@@ -292,22 +231,15 @@ class RecognitionTask(Task):
 
     @torch.no_grad()
     def predict(
-        self,
-        model: nn.Module,
-        loader: DataLoader,
-        device: torch.device,
-        env: DistEnv,
-        *,
-        track: Track = no_track,
-        description: str = "evaluate",
+        self, model: nn.Module, loader: DataLoader, run: RunContext, *, description: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of every item over all ranks: (N, K) logits, or view-averaged probabilities
         when the loader yields views ``(B, V, T, 3, S, S)``; and the (N,) labels."""
         was_training = model.training
         model.eval()
         scores, labels = [], []
-        for clips, batch_labels in track(loader, len(loader), description):
-            clips = clips.to(device, non_blocking=True)
+        for clips, batch_labels in run.track(loader, len(loader), description):
+            clips = clips.to(run.device, non_blocking=True)
             if clips.ndim == 6:
                 views = clips.shape[1]
                 logits = model(rearrange(clips, "b v t c h w -> (b v) t c h w"))
@@ -318,7 +250,7 @@ class RecognitionTask(Task):
             labels.append(batch_labels.cpu())
         order = list(loader.sampler)  # the dataset indices this rank saw, in order
         model.train(was_training)
-        gathered = env.all_gather((torch.cat(scores), torch.cat(labels), order))
+        gathered = run.env.all_gather((torch.cat(scores), torch.cat(labels), order))
         # Restore the dataset order so every rank (and a single process) sees the same tensors.
         indices = torch.tensor([i for _, _, o in gathered for i in o])
         permutation = indices.argsort()
@@ -326,53 +258,36 @@ class RecognitionTask(Task):
         all_labels = torch.cat([lab for _, lab, _ in gathered])[permutation]
         return all_scores, all_labels
 
-    def metrics(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def metrics(
+        self, scores: torch.Tensor, labels: torch.Tensor, run: RunContext
+    ) -> dict[str, float]:
         """top1, top5, mean_class (percent), and pair_acc for time-reversed class pairs."""
         out = topk_accuracy(scores, labels, ks=(1, 5))
-        out["mean_class"] = mean_class_accuracy(scores, labels, self.num_classes)
-        if self.pairs:
-            out["pair_acc"] = pair_accuracy(scores, labels, self.pairs)
+        out["mean_class"] = mean_class_accuracy(scores, labels, _num_classes(run.parts))
+        pairs = _time_reversed_pairs(run.config)
+        if pairs:
+            out["pair_acc"] = pair_accuracy(scores, labels, pairs)
         return out
 
-    def validate(
-        self,
-        model: nn.Module,
-        loader: DataLoader,
-        device: torch.device,
-        env: DistEnv,
-        *,
-        track: Track = no_track,
-    ) -> dict[str, float]:
-        scores, labels = self.predict(
-            model, loader, device, env, track=track, description="validate"
-        )
-        return self.metrics(scores, labels)
+    def validate(self, model: nn.Module, loader: DataLoader, run: RunContext) -> dict[str, float]:
+        scores, labels = self.predict(model, loader, run, description="validate")
+        return self.metrics(scores, labels, run)
 
-    def final_test(
-        self,
-        model: nn.Module,
-        config: RunConfig,
-        parts: TaskParts,
-        device: torch.device,
-        env: DistEnv,
-        out_dir: Path,
-        *,
-        track: Track = no_track,
-    ) -> Evaluation:
-        dataset = self._dataset(config, "test", "test")
-        loader = self._eval_loader(dataset, config, env)
+    def final_test(self, model: nn.Module, run: RunContext, out_dir: Path) -> Evaluation:
+        config = run.config
+        dataset = self._dataset(config, "test", "test", _num_classes(run.parts))
         views = f"{config.eval.test_crops}x{config.eval.test_clips}"
         scores, labels = self.predict(
-            model, loader, device, env, track=track, description=f"test {views}"
+            model, self.eval_loader(dataset, run), run, description=f"test {views}"
         )
-        metrics = self.metrics(scores, labels)
+        metrics = self.metrics(scores, labels, run)
         files = []
-        if env.is_main:
+        if run.env.is_main:
             files = write_recognition_report(
                 out_dir,
                 scores=scores,
                 labels=labels,
-                class_names=parts.extra["class_names"],
+                class_names=run.parts.extra["class_names"],
                 metrics=metrics,
                 views=views,
             )

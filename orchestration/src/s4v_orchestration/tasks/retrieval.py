@@ -21,25 +21,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from s4v_data.dataset_file import read_dataset_file
+from s4v_data.files import DataNotFoundError
 from s4v_data.retrieval import CaptionedVideos, Split
 from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
 from s4v_data.specs import RETRIEVAL_LAYOUTS, RetrievalLayout
 from s4v_orchestration.config import RunConfig
-from s4v_orchestration.runtime import DistEnv
 from s4v_orchestration.tasks.base import (
     Evaluation,
+    RunContext,
     Task,
     TaskParts,
-    Track,
     build_from_seed,
     eval_batch_size,
     eval_sampler,
     generate_synthetic,
-    no_track,
     train_sampling,
     worker_options,
 )
-from s4v_orchestration.tasks.recognition import DataNotFoundError
 from s4v_retrieval import PRESETS, build_model, tokenizer_for
 from s4v_retrieval.loss import symmetric_infonce
 from s4v_retrieval.metrics import dual_softmax_metrics, ranks_to_metrics, retrieval_ranks
@@ -83,15 +81,24 @@ def build_retrieval_model(config: RunConfig) -> RetrievalModel:
     )
 
 
+def _read_annotations(config: RunConfig, split: Split) -> CaptionedVideos:
+    """The captions and videos of ``split`` of ``config.data``'s dataset."""
+    try:
+        return retrieval_layout(config).read(Path(config.data.root), split)
+    except FileNotFoundError as err:
+        raise DataNotFoundError(
+            f"the {config.data.dataset} {split} annotations are not under "
+            f"{config.data.root}: {err}.\nPoint --data-root at the folder that holds them "
+            "(see the README's retrieval section), or use --dataset synthetic for a "
+            "self-contained run."
+        ) from err
+
+
 class RetrievalTask(Task):
     """Video-text contrastive training; best checkpoint by validation text-to-video R@1."""
 
     name = "retrieval"
     best_metric = "t2v/R1"
-
-    def __init__(self) -> None:
-        self.config: RunConfig | None = None
-        self.annotations: dict[str, CaptionedVideos] = {}
 
     # -- data ------------------------------------------------------------------------------
 
@@ -105,22 +112,8 @@ class RetrievalTask(Task):
         if config.data.dataset == "synthetic":
             generate_synthetic(config, announce, captions=True)
         splits = (TRAIN_SPLIT, VAL_SPLIT) if with_train_data else (VAL_SPLIT,)
-        for split in splits:
-            self._read(config, split)
-
-    def _read(self, config: RunConfig, split: Split) -> CaptionedVideos:
-        if split not in self.annotations:
-            layout = retrieval_layout(config)
-            try:
-                self.annotations[split] = layout.read(Path(config.data.root), split)
-            except FileNotFoundError as err:
-                raise DataNotFoundError(
-                    f"the {config.data.dataset} {split} annotations are not under "
-                    f"{config.data.root}: {err}.\nPoint --data-root at the folder that holds them "
-                    "(see the README's retrieval section), or use --dataset synthetic for a "
-                    "self-contained run."
-                ) from err
-        return self.annotations[split]
+        for split in splits:  # read now, so that a missing file stops the run before it builds
+            _read_annotations(config, split)
 
     def _media_root(self, config: RunConfig) -> Path:
         media = config.retrieval.media_root
@@ -132,7 +125,6 @@ class RetrievalTask(Task):
     def build(
         self, config: RunConfig, *, with_train_data: bool = True, model: nn.Module | None = None
     ) -> TaskParts:
-        self.config = config
         retrieval = config.retrieval
         if model is None:
             model = build_retrieval_model(config)
@@ -145,7 +137,7 @@ class RetrievalTask(Task):
         train_data = None
         if with_train_data:
             train_data = VideoTextPairs(
-                self._read(config, TRAIN_SPLIT),
+                _read_annotations(config, TRAIN_SPLIT),
                 layout,
                 self._media_root(config),
                 TRAIN_SPLIT,
@@ -154,7 +146,11 @@ class RetrievalTask(Task):
                 **common,
             )
         val_data = RetrievalVideos(
-            self._read(config, VAL_SPLIT), layout, self._media_root(config), VAL_SPLIT, **common
+            _read_annotations(config, VAL_SPLIT),
+            layout,
+            self._media_root(config),
+            VAL_SPLIT,
+            **common,
         )
         return TaskParts(
             model=model,
@@ -172,41 +168,42 @@ class RetrievalTask(Task):
             out.append({"params": groups["text"], "lr": lr})
         return out
 
-    def train_loader(
-        self, parts: TaskParts, config: RunConfig, *, epoch: int, env: DistEnv
-    ) -> DataLoader:
+    def train_loader(self, run: RunContext, *, epoch: int) -> DataLoader:
         # drop_last: every rank contributes a full batch to the gathered contrastive loss.
-        items, sampler = train_sampling(parts.train_data, config, epoch=epoch, env=env)
+        items, sampler = train_sampling(run.parts.train_data, run, epoch=epoch)
         return DataLoader(
             items,
-            batch_size=config.data.batch_size,
+            batch_size=run.config.data.batch_size,
             sampler=sampler,
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
-            **worker_options(config),
+            **worker_options(run.config),
         )
 
-    def _eval_loader(self, dataset: RetrievalVideos, config: RunConfig, env: DistEnv) -> DataLoader:
+    def eval_loader(self, dataset: RetrievalVideos, run: RunContext) -> DataLoader:
+        """This rank's share of ``dataset``'s videos in order, in evaluation batches."""
+        config = run.config
         return DataLoader(
             dataset,
             batch_size=eval_batch_size(config),
-            sampler=eval_sampler(dataset, env),
+            sampler=eval_sampler(dataset, run),
             pin_memory=torch.cuda.is_available(),
             **worker_options(config, persistent=config.data.persistent_workers),
         )
 
-    def val_loader(self, parts: TaskParts, config: RunConfig, *, env: DistEnv) -> DataLoader:
-        return self._eval_loader(parts.val_data, config, env)
+    def val_loader(self, run: RunContext) -> DataLoader:
+        return self.eval_loader(run.parts.val_data, run)
 
     # -- training --------------------------------------------------------------------------
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
-        # The reference clamps the temperature after every optimiser step; clamping before the
-        # next forward is the same thing (the forward itself never uses an unclamped value).
-        _unwrap(model).after_optimizer_step()
-        clips, tokens = (t.to(device, non_blocking=True) for t in batch)
+    def loss(self, model: nn.Module, batch: Any, run: RunContext) -> tuple[torch.Tensor, int]:
+        clips, tokens = (t.to(run.device, non_blocking=True) for t in batch)
         logits = model(clips, tokens)  # (B_all, B_all), texts on rows
         return symmetric_infonce(logits.float()), clips.shape[0]
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Clamp the learned temperature to CLIP's cap after every step, as the reference does."""
+        _unwrap(model).after_optimizer_step()
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -215,21 +212,18 @@ class RetrievalTask(Task):
         self,
         model: RetrievalModel,
         loader: DataLoader,
-        annotations: CaptionedVideos,
-        device: torch.device,
-        env: DistEnv,
+        run: RunContext,
         *,
-        track: Track = no_track,
         description: str = "validate",
     ) -> tuple[TextFeatures, VideoFeatures]:
-        """Features of every caption and video of a split, identical on every rank."""
+        """Features of every caption and video of the loader's split, identical on every rank."""
         was_training = model.training
         model.eval()
         frames = []
-        for clips, _ in track(loader, len(loader), f"{description}: videos"):
-            frames.append(model.encode_video(clips.to(device, non_blocking=True)).frames.cpu())
+        for clips, _ in run.track(loader, len(loader), f"{description}: videos"):
+            frames.append(model.encode_video(clips.to(run.device, non_blocking=True)).frames.cpu())
         order = list(loader.sampler)  # the dataset indices this rank encoded, in order
-        gathered = env.all_gather((torch.cat(frames), order))
+        gathered = run.env.all_gather((torch.cat(frames), order))
         indices = torch.tensor([i for _, part in gathered for i in part])
         video_frames = torch.cat([f for f, _ in gathered])[indices.argsort()].float()
         video = VideoFeatures(
@@ -237,11 +231,11 @@ class RetrievalTask(Task):
         )
         # Captions are cheap next to videos: every rank encodes all of them.
         tokenize = tokenizer_for(model)
-        captions = [caption for _, caption in annotations.pairs()]
+        captions = [caption for _, caption in loader.dataset.annotations.pairs()]
         starts = range(0, len(captions), chunk := loader.batch_size * 8)
         parts = []
-        for start in track(starts, len(starts), f"{description}: captions"):
-            tokens = tokenize(captions[start : start + chunk]).to(device)
+        for start in run.track(starts, len(starts), f"{description}: captions"):
+            tokens = tokenize(captions[start : start + chunk]).to(run.device)
             feats = model.encode_text(tokens)
             parts.append((feats.tokens.float().cpu(), feats.mask.cpu(), feats.pooled.float().cpu()))
         text = TextFeatures(
@@ -252,69 +246,53 @@ class RetrievalTask(Task):
         model.train(was_training)
         return text, video
 
-    def _score_block(self, model: RetrievalModel, text: TextFeatures, video: VideoFeatures):
-        """Similarity blocks computed on the model's device, returned on the CPU for ranking."""
+    def rank(
+        self,
+        model: RetrievalModel,
+        text: TextFeatures,
+        video: VideoFeatures,
+        annotations: CaptionedVideos,
+        config: RunConfig,
+    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """Metrics (plain, and ``dsl/...`` if dual softmax is on) and the t2v and v2t ranks."""
+        retrieval = config.retrieval
+        # Similarity blocks computed on the model's device, returned on the CPU for ranking.
         device = model.logit_scale.log_scale.device
         on_device = blockwise_scores(
             model.similarity,
             text.to(device),
             video.to(device),
-            video_chunk=self.config.retrieval.eval_video_chunk,
+            video_chunk=retrieval.eval_video_chunk,
         )
-        return lambda start, stop: on_device(start, stop).float().cpu()
 
-    def rank(
-        self, model: RetrievalModel, text: TextFeatures, video: VideoFeatures, split: Split
-    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        """Metrics (plain, and ``dsl/...`` if dual softmax is on) and the t2v and v2t ranks."""
-        score_block = self._score_block(model, text, video)
-        text_to_video = torch.tensor(self.annotations[split].text_to_video())
+        def score_block(start: int, stop: int) -> torch.Tensor:
+            return on_device(start, stop).float().cpu()
+
+        text_to_video = torch.tensor(annotations.text_to_video())
         num_videos = video.frames.shape[0]
-        chunk = self.config.retrieval.eval_text_chunk
+        chunk = retrieval.eval_text_chunk
         t2v, v2t = retrieval_ranks(score_block, text_to_video, num_videos, chunk_size=chunk)
         metrics = ranks_to_metrics(t2v, v2t)
-        if self.config.retrieval.dual_softmax:
+        if retrieval.dual_softmax:
             metrics |= dual_softmax_metrics(
                 score_block, text_to_video, num_videos, chunk_size=chunk
             )
         return metrics, t2v, v2t
 
-    def validate(
-        self,
-        model: nn.Module,
-        loader: DataLoader,
-        device: torch.device,
-        env: DistEnv,
-        *,
-        track: Track = no_track,
-    ) -> dict[str, float]:
+    def validate(self, model: nn.Module, loader: DataLoader, run: RunContext) -> dict[str, float]:
         model = _unwrap(model)
-        text, video = self.encode(
-            model, loader, self.annotations[VAL_SPLIT], device, env, track=track
-        )
-        metrics, _, _ = self.rank(model, text, video, VAL_SPLIT)
+        text, video = self.encode(model, loader, run)
+        metrics, _, _ = self.rank(model, text, video, loader.dataset.annotations, run.config)
         return metrics
 
-    def final_test(
-        self,
-        model: nn.Module,
-        config: RunConfig,
-        parts: TaskParts,
-        device: torch.device,
-        env: DistEnv,
-        out_dir: Path,
-        *,
-        track: Track = no_track,
-    ) -> Evaluation:
+    def final_test(self, model: nn.Module, run: RunContext, out_dir: Path) -> Evaluation:
         model = _unwrap(model)
-        annotations = self.annotations[VAL_SPLIT]
-        loader = self._eval_loader(parts.val_data, config, env)
-        text, video = self.encode(
-            model, loader, annotations, device, env, track=track, description="test"
-        )
-        metrics, t2v, v2t = self.rank(model, text, video, VAL_SPLIT)
+        loader = self.eval_loader(run.parts.val_data, run)
+        annotations = loader.dataset.annotations
+        text, video = self.encode(model, loader, run, description="test")
+        metrics, t2v, v2t = self.rank(model, text, video, annotations, run.config)
         files = []
-        if env.is_main:
+        if run.env.is_main:
             files = write_retrieval_report(
                 out_dir, annotations=annotations, t2v=t2v, v2t=v2t, metrics=metrics
             )

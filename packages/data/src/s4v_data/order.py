@@ -100,3 +100,31 @@ class ShardSampler(Sampler[int]):
         if self.drop_last:
             return self.length // self.world_size
         return len(range(self.rank, self.length, self.world_size))
+
+
+def training_order(
+    dataset: Dataset, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> tuple[SeededItems, ShardSampler]:
+    """An epoch's training items (each augmented from its own seed) and rank ``rank``'s share.
+
+    The order is a permutation of ``(seed, epoch)`` cut to whole batches on every rank
+    (``drop_last``): a pure function of seed and epoch, so a resumed run sees the same clips.
+    """
+    items = SeededItems(dataset, seed=seed)
+    items.set_epoch(epoch)
+    sampler = ShardSampler(
+        len(items), rank=rank, world_size=world_size, shuffle=True, seed=seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    return items, sampler
+
+
+def evaluation_shard(dataset: Dataset, *, rank: int = 0, world_size: int = 1) -> ShardSampler:
+    """Rank ``rank``'s share of an evaluation set, in order; every item is seen exactly once."""
+    return ShardSampler(
+        len(dataset),  # type: ignore[arg-type]
+        rank=rank,
+        world_size=world_size,
+        shuffle=False,
+        drop_last=False,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from s4v_orchestration.sampling import SeededItems, ShardSampler
+from s4v_data.order import SeededItems, ShardSampler
 
 
 class RandomItems(Dataset):
