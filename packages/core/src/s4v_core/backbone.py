@@ -26,6 +26,7 @@ from torch import nn
 from s4v_core.backbone_eva import FrozenEVA, eva_head_keys, is_eva_tower
 from s4v_core.backbone_vit import FrozenViT
 from s4v_core.clip_configs import register_model_configs
+from s4v_core.depth import random_clip
 from s4v_core.eva_reference import open_clip_eva_state, reference_eva_prefix
 from s4v_core.weights import load_state_dict_strict, read_state_dict
 
@@ -110,7 +111,11 @@ def require_open_clip_vit(name: str, method: str) -> None:
 
 
 def create_clip(
-    name: str, pretrained: str | None = None, *, need_projection: bool = True
+    name: str,
+    pretrained: str | None = None,
+    *,
+    need_projection: bool = True,
+    layers: int | None = None,
 ) -> tuple[open_clip.CLIP, dict]:
     """Build an open_clip CLIP (vision and text towers) and load its weights.
 
@@ -123,6 +128,8 @@ def create_clip(
             :func:`s4v_core.eva_reference.open_clip_eva_state`).
         need_projection: whether the image tower's ``ln_post`` and ``proj`` must be loaded too
             (a Side4Video checkpoint does not have them).
+        layers: build the image tower with this many blocks instead of the model's, from the
+            model's own config (:func:`s4v_core.depth.random_clip`); random weights only.
 
     Returns:
         The model (eval mode, fp32, on the CPU) and its identity
@@ -131,6 +138,8 @@ def create_clip(
     register_model_configs()
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    if layers is not None and pretrained is not None:
+        raise ValueError(f"{name}: a tower of {layers} layers has random weights (pretrained=None)")
     identity = {"name": name, "pretrained": pretrained, "sha256": None}
     if pretrained is not None and Path(pretrained).is_file():
         with _quiet_root_warning("No pretrained weights loaded"):  # they are loaded just below
@@ -163,9 +172,7 @@ def create_clip(
         model = open_clip.create_model(name, pretrained=pretrained)
     else:
         with _quiet_root_warning("No pretrained weights loaded"):  # random weights were asked for
-            # On the default device, so that under `with torch.device("meta")` nothing is
-            # allocated (counting parameters of a large model; open_clip moves to `device`).
-            model = open_clip.create_model(name, pretrained=None, device=torch.get_default_device())
+            model = random_clip(name, layers)
     return model.eval(), identity
 
 
@@ -175,6 +182,7 @@ def build_backbone(
     *,
     with_projection: bool = False,
     weights_dtype: torch.dtype | None = None,
+    layers: int | None = None,
 ) -> FrozenViT | FrozenEVA:
     """A frozen CLIP image tower: open_clip ``name`` with weights from ``pretrained``.
 
@@ -184,12 +192,14 @@ def build_backbone(
         with_projection: keep the tower's ``ln_post`` and ``proj`` (for ``encode_image``).
         weights_dtype: cast the frozen weights once to this dtype (``torch.bfloat16``); None keeps
             fp32. Images are cast to it and tokens come back in it.
+        layers: the tower with this many blocks instead of the model's, random weights (see
+            :func:`create_clip`); None: the model's depth.
 
     Returns:
         A :class:`~s4v_core.backbone_eva.FrozenEVA` for an image tower around timm's ``Eva``
         (open_clip ``EVA02-*``), a :class:`FrozenViT` otherwise.
     """
-    clip, identity = create_clip(name, pretrained, need_projection=with_projection)
+    clip, identity = create_clip(name, pretrained, need_projection=with_projection, layers=layers)
     return freeze_image_tower(
         clip.visual, identity, with_projection=with_projection, weights_dtype=weights_dtype
     )
