@@ -37,6 +37,9 @@ class RecognitionPreset:
     grad_checkpointing: bool = False
     dropout: float = 0.0  # before the linear head (reference drop_fc: 0)
     description: str = ""
+    # The backbone's first N layers only, random weights (side4video; the memory plan's
+    # depth-reduced builds, s4v_recognition.bench.memory_plan). None: the backbone's depth.
+    backbone_layers: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

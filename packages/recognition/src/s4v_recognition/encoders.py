@@ -80,7 +80,12 @@ _DTYPES = {None: None, "bf16": torch.bfloat16}
 
 def side4video(spec: RecognitionPreset, pretrained: str | None, grad_checkpointing: bool) -> Built:
     """Frozen backbone + side network (Side4Video); the EVA side network on an EVA-02 backbone."""
-    backbone = build_backbone(spec.backbone, pretrained, weights_dtype=_DTYPES[spec.backbone_dtype])
+    backbone = build_backbone(
+        spec.backbone,
+        pretrained,
+        weights_dtype=_DTYPES[spec.backbone_dtype],
+        layers=spec.backbone_layers,
+    )
     check_image_size(spec.image_size, spec.backbone, backbone.image_size)
     config = SideNetworkConfig(
         side_dim=spec.side_dim,

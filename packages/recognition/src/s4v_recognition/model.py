@@ -80,6 +80,7 @@ def build_model(
     grad_checkpointing: bool = False,
     dropout: float | None = None,
     side_layers: Sequence[int] | str | None = None,
+    backbone_layers: int | None = None,
 ) -> VideoClassifier:
     """Build a video classifier from a named preset.
 
@@ -94,12 +95,22 @@ def build_model(
         grad_checkpointing: recompute activations in backward to save memory.
         dropout: override the preset's dropout before the head.
         side_layers: override the preset's side layers: layer indices, ``"odd"`` or ``"all"``.
+        backbone_layers: build the backbone with this many layers, random weights (``side4video``
+            only: the memory plan's depth-reduced copies of a model too large to build).
     """
     spec = get_preset(preset)
     builder = get_method(method)
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    spec = with_overrides(spec, num_frames=num_frames, side_dim=side_dim, dropout=dropout)
+    if backbone_layers is not None and (method != "side4video" or pretrained is not None):
+        raise ValueError("backbone_layers builds side4video with random weights only")
+    spec = with_overrides(
+        spec,
+        num_frames=num_frames,
+        side_dim=side_dim,
+        dropout=dropout,
+        backbone_layers=backbone_layers,
+    )
     if side_layers is not None:  # "all" means every layer: the preset's None
         layers = None if side_layers == "all" else side_layers
         spec = replace(spec, side_layers=layers if layers in (None, "odd") else tuple(layers))
