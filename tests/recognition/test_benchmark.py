@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from s4v_recognition import benchmark
-from s4v_recognition.benchmark import MemoryBenchConfig, run_memory_bench
+from s4v_recognition.bench import comparison
+from s4v_recognition.bench.comparison import MemoryBenchConfig, run_memory_bench
 
 
 def _by_method(**overrides) -> dict:
@@ -44,13 +44,13 @@ def test_checkpointing_and_bf16_cut_what_is_saved() -> None:
 
 def test_cpu_rounds_interleave_the_methods(monkeypatch) -> None:
     order = []
-    real_step = benchmark._Subject.step
+    real_step = comparison._Subject.step
 
     def recording(subject) -> None:
         order.append(subject.method)
         real_step(subject)
 
-    monkeypatch.setattr(benchmark._Subject, "step", recording)
+    monkeypatch.setattr(comparison._Subject, "step", recording)
     results = _by_method(methods=("side4video", "linear-probe"), repeats=2)
     assert order == ["side4video", "linear-probe", "side4video", "linear-probe"]
     assert all(len(r.step_seconds) == 2 for r in results.values())

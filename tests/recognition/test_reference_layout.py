@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from s4v_core.memory import SavedTensorMeter
 from s4v_recognition import build_model
-from s4v_recognition.reference_layout import ReferenceLayoutClassifier
+from s4v_recognition.bench.reference_layout import ReferenceLayoutClassifier
 from s4v_recognition.releases import reference_key_map
 
 K = 5

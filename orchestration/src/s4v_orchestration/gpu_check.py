@@ -303,7 +303,7 @@ def _card_bytes(device: torch.device) -> int:
 
 def e14_rows(plan: Plan, device: torch.device) -> list[RowResult]:
     """The E/14 tower really allocated: batch 1 and the largest batch the memory plan fits."""
-    from s4v_recognition.memory_plan import estimate_training_memory
+    from s4v_recognition.bench.memory_plan import estimate_training_memory
 
     estimate = estimate_training_memory(
         plan.e14_preset, num_frames=plan.e14_frames, precision="bf16", checkpointing=True

@@ -24,7 +24,7 @@ from s4v_orchestration.paths import default_cache_dir
 
 if TYPE_CHECKING:
     from s4v_data.synthetic import SyntheticInfo
-    from s4v_recognition.benchmark import MemoryBenchConfig, MethodResult
+    from s4v_recognition.bench.comparison import MemoryBenchConfig, MethodResult
 
 bench_app = typer.Typer(help="Measure speed and memory.", no_args_is_help=True)
 console = Console()
@@ -33,7 +33,7 @@ err_console = Console(stderr=True)
 RAWFRAMES_OVER_VIDEO = 3.0  # target: rawframes at least 3x the video loader
 VIDEO_OVER_RAW = 0.8  # target: the video loader at least 80% of raw decord
 TIME_OVER_REFERENCE = 0.85  # target: side4video's step at most 0.85x the reference's
-# What `s4v bench memory` measures unless told otherwise (s4v_recognition.benchmark's default).
+# What `s4v bench memory` measures unless told otherwise (bench.comparison's default).
 DEFAULT_METHODS = "side4video,side4video-light,reference-layout,full-finetune,linear-probe"
 # Models with more parameters get the memory plan by default (ViT-E/14 does not fit a CPU step).
 
@@ -329,7 +329,7 @@ def _memory_config(
     """
     import torch
 
-    from s4v_recognition.benchmark import MemoryBenchConfig
+    from s4v_recognition.bench.comparison import MemoryBenchConfig
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -353,7 +353,7 @@ def _memory_config(
 
 def _measure_memory(config: MemoryBenchConfig) -> list[MethodResult]:
     """Run the benchmark under a progress bar: one warm-up and the timed steps per method."""
-    from s4v_recognition.benchmark import run_memory_bench
+    from s4v_recognition.bench.comparison import run_memory_bench
 
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("measuring", total=len(config.methods) * (config.repeats + 1))

@@ -1,15 +1,16 @@
 """``s4v bench memory`` for a model too large to build here: the training-memory plan.
 
 For ``side4video-e14`` (4.35 B frozen parameters) the command estimates instead of measuring a
-full training step: :mod:`s4v_recognition.memory_plan` counts the weights on the meta device and
-measures the saved activations on depth-reduced copies; this module prints, plots and writes it.
-On CUDA it measures the real peak of the real model.
+full training step: :mod:`s4v_recognition.bench.memory_plan` counts the weights on the meta device
+and measures the saved activations on depth-reduced builds; this module prints, plots and writes
+it. On CUDA it measures the real peak of the real model (:func:`measure_training_peak`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from s4v_recognition.memory_plan import MemoryPlan, PeakMeasurement
+    from s4v_recognition.bench.memory_plan import MemoryPlan
 
 console = Console()
 err_console = Console(stderr=True)
@@ -63,7 +64,7 @@ def memory_plan(
     """Estimate (CPU) or measure (CUDA) the training memory of ``preset``; print and write it."""
     import torch
 
-    from s4v_recognition.benchmark import PRECISIONS
+    from s4v_recognition.bench.measure import PRECISIONS
     from s4v_recognition.presets import get_preset
 
     try:
@@ -96,9 +97,9 @@ def memory_plan(
     if device.startswith("cuda"):
         _measured_plan(wide, settings, out / f"{stem}.json")
         return
-    from s4v_recognition.memory_plan import estimate_training_memory
+    from s4v_recognition.bench.memory_plan import estimate_training_memory
 
-    with console.status(f"{preset}: measuring depth-reduced copies on the CPU"):
+    with console.status(f"{preset}: measuring depth-reduced builds on the CPU"):
         plan = estimate_training_memory(
             preset,
             num_frames=frames,
@@ -173,7 +174,7 @@ def _plan_table(plan: MemoryPlan) -> Table:
     if plan.checkpointing:
         table.add_row(
             "transient: recomputed side block",
-            "measured: one block without checkpointing",
+            "measured: per block, without checkpointing less with",
             *[_gib(b.recompute_bytes) for b in plan.batches],
         )
     table.add_row(
@@ -257,8 +258,6 @@ def _plot_plan(plan: MemoryPlan, path: Path) -> None:
 
 def _measured_plan(wide: Console, settings: dict, json_path: Path) -> None:
     """CUDA: the real peak of the real model per batch size (not runnable without a GPU)."""
-    from s4v_recognition.memory_plan import measure_training_peak
-
     with console.status(f"{settings['preset']}: measuring the real model on {settings['device']}"):
         peaks = measure_training_peak(
             settings["preset"],
@@ -309,3 +308,61 @@ def _extrapolated_batches(peaks: tuple[PeakMeasurement, ...]) -> dict[str, int] 
     return {
         f"{card} GiB": max(0, int((card * 2**30 - base) // per_video)) for card in CAPACITIES_GIB
     }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeakMeasurement:
+    """The real peak of training steps on a CUDA device (None: out of memory)."""
+
+    batch_size: int
+    peak_bytes: int | None
+
+
+def measure_training_peak(
+    preset: str,
+    *,
+    num_frames: int | None = None,
+    batch_sizes: Sequence[int] = (1, 8),
+    precision: str = "bf16",
+    checkpointing: bool = True,
+    num_classes: int = 174,
+    device: str = "cuda",
+    seed: int = 0,
+) -> tuple[PeakMeasurement, ...]:
+    """Peak allocated CUDA memory of two AdamW training steps of the real model, per batch size.
+
+    The model is built with random weights (on the CPU, then moved), side-block checkpointing set
+    exactly to ``checkpointing``. The second step runs with AdamW's state allocated, so the peak
+    covers weights, gradients, optimizer state and activations.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from s4v_recognition import build_model
+    from s4v_recognition.bench.measure import autocast, random_batch
+
+    torch.manual_seed(seed)
+    model = build_model(preset, num_classes, num_frames=num_frames)
+    model.set_grad_checkpointing(checkpointing)
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    results = []
+    for batch in batch_sizes:
+        frames, labels = (t.to(device) for t in random_batch(model, batch, seed))
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            for _ in range(2):
+                with autocast(precision, "cuda"):
+                    logits = model(frames)
+                F.cross_entropy(logits.float(), labels).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(device)
+            peak: int | None = torch.cuda.max_memory_allocated(device)
+        except torch.OutOfMemoryError:
+            peak = None
+        del frames, labels
+        results.append(PeakMeasurement(batch_size=batch, peak_bytes=peak))
+    return tuple(results)

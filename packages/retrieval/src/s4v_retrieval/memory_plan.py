@@ -1,6 +1,6 @@
 """How much GPU memory one retrieval training step needs, estimated without building the model.
 
-The retrieval counterpart of :mod:`s4v_recognition.memory_plan`, for ``side4video-e14`` (4.89 B
+The retrieval counterpart of :mod:`s4v_recognition.bench.memory_plan`, for ``side4video-e14`` (4.89 B
 parameters: EVA-CLIP's ViT-E/14 image tower and its 354 M text tower, both frozen, stored in
 bf16 by the preset's ``frozen_dtype``) on a machine that could not hold it. Each part says where
 it comes from:

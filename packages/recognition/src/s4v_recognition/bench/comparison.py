@@ -9,7 +9,7 @@ Methods: every registered recognition method (:data:`s4v_recognition.presets.MET
 ``side4video`` on the preset, the baselines ``full-finetune`` and ``linear-probe`` and the paper's
 rivals), plus two variants of Side4Video: ``side4video-light`` (the preset at a narrower side
 width) and ``reference-layout`` (the same model computed as the reference implementation lays it
-out, see :mod:`s4v_recognition.reference_layout`: the yardstick for s4v's speed and memory on the
+out, see :mod:`s4v_recognition.bench.reference_layout`: the yardstick for s4v's speed and memory on the
 machine at hand; never checkpointed, like the reference's CLIP path). Each method is measured as
 published: ``grad_checkpointing`` turns on the method's own checkpointing option, nothing else.
 """
@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from s4v_core.memory import SavedTensorMeter
+from s4v_recognition.bench.measure import PRECISIONS
+from s4v_recognition.bench.reference_layout import ReferenceLayoutClassifier
 from s4v_recognition.model import build_model
 from s4v_recognition.presets import METHODS, get_preset
-from s4v_recognition.reference_layout import ReferenceLayoutClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,13 @@ def bench_methods() -> tuple[str, ...]:
     return (*METHODS, *VARIANTS)
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MemoryBenchConfig:
-    """What to measure; the defaults are the issue's CPU reference setting (spec section 7)."""
+    """What to measure; the defaults are the setting the reference was measured in on a CPU.
+
+    B/16, 2 videos x 8 frames, fp32: the reference's model (``Recognition/clip/model.py`` at
+    HJYao00/Side4Video@5d72352) keeps 1,159.5 MiB for backward there, ``reference-layout`` the same.
+    """
 
     preset: str = "side4video-b16"  # backbone and side width of the "side4video" method
     methods: tuple[str, ...] = DEFAULT_METHODS

@@ -1,8 +1,8 @@
 """The reference implementation's computation, restated as a yardstick for s4v's own model.
 
 Side4Video's reference (github.com/HJYao00/Side4Video @ 5d72352, ``Recognition/clip/model.py``,
-spec sections 1.2-1.7) computes the same function as :class:`s4v_recognition.VideoClassifier`,
-laid out differently: tokens are sequence-first ``(S, B*T, C)``; every BatchNorm3d and Conv3d of
+its ``VisualTransformer`` and ``AttnCBlock``) computes the same function as
+:class:`s4v_recognition.VideoClassifier`, laid out differently: tokens are sequence-first ``(S, B*T, C)``; every BatchNorm3d and Conv3d of
 the side network runs on a ``(B, C, T, h, w)`` view of them; the side attention is an
 ``nn.MultiheadAttention`` whose queries are the patch rows of a LayerNorm'd
 ``[shifted class token; patches + position]`` sequence; each tap is a LayerNorm over the backbone
@@ -10,10 +10,11 @@ width followed by a Linear; the MLP is Linear, exact GELU, Linear under plain au
 CLIP runs in training mode with autograd on (its weights need no gradient, so it records no graph).
 
 :class:`ReferenceLayoutClassifier` performs those operations in that order, with the parameter
-names of the reference's checkpoints (spec section 8: its ``state_dict`` is a release's
-``model_state_dict``). It exists for two jobs and is not a training path:
+names of the reference's checkpoints (its ``state_dict`` is the ``model_state_dict`` a release
+holds: the ``visual`` and ``fc`` children of ``VideoCLIP`` in ``Recognition/train_vision.py``).
+It exists for two jobs and is not a training path:
 
-* ``s4v bench memory --methods reference-layout`` times and meters it beside s4v on the same machine
+* ``s4v bench memory --methods reference-layout`` times and meters it beside s4v on one machine
   (the reference measured 1,159.5 MiB saved for backward at B/16, 2 x 8 frames, fp32);
 * tests load one set of weights into both and check that s4v computes the reference's function in
   training mode: logits, every gradient, and the BatchNorm running statistics.
