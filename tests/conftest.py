@@ -9,6 +9,28 @@ from pathlib import Path
 import pytest
 import torch
 
+# One intra-op thread per test process: `uv run pytest` runs two xdist workers on the two cores
+# (addopts), and tensors as small as the tests' gain nothing from more threads.
+torch.set_num_threads(1)
+
+# Tests that start other processes (a Ray cluster, torchrun or DDP ranks, a server) each want the
+# whole machine and ports of their own: under xdist they all go to one worker, one at a time
+# (`--dist loadgroup` in addopts).
+PROCESS_MARKS = ("ray", "processes")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """Each test session (each xdist worker) generates data into its own ``$S4V_CACHE_DIR``.
+
+    Nothing a test does then writes to the user's ``~/.cache/s4v``, and two workers never share
+    (or replace) a generated dataset. A test that sets the variable itself still wins.
+    """
+    cache = tmp_path_factory.mktemp("s4v-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("S4V_CACHE_DIR", str(cache))
+        yield cache
+
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
@@ -34,7 +56,11 @@ def reference_eva():
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu``-marked tests are skipped on a machine without CUDA (``pytest -m gpu`` runs them)."""
+    """Group the tests that start processes (see PROCESS_MARKS); ``gpu``-marked tests are skipped
+    on a machine without CUDA (``pytest -m gpu`` runs them)."""
+    for item in items:
+        if any(item.get_closest_marker(mark) for mark in PROCESS_MARKS):
+            item.add_marker(pytest.mark.xdist_group("processes"))
     if torch.cuda.is_available():
         return
     needs_cuda = pytest.mark.skip(reason="needs CUDA: run `pytest -m gpu` on a GPU machine")

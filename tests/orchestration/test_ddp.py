@@ -24,6 +24,7 @@ COMMON = {
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     tiny_overrides, tmp_path
 ) -> None:

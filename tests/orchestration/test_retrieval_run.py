@@ -230,6 +230,7 @@ def test_missing_annotations_say_what_was_looked_for(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_two_gloo_processes_train_like_one_process_with_the_global_batch(sets, tmp_path) -> None:
     # The side network's BatchNorms see per-process batches (as in the reference), so compare
     # the side-network-off model with the parameter-free meanP head and a trained text tower:

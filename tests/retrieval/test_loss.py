@@ -79,6 +79,7 @@ def _full_batch_in_this_process() -> tuple[torch.Tensor, dict[str, torch.Tensor]
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
 
 
+@pytest.mark.processes
 def test_ddp_gathered_loss_and_gradients_equal_one_process_with_the_full_batch(
     tmp_path: Path,
 ) -> None:
