@@ -136,6 +136,15 @@ def test_a_broken_dataset_file_is_a_one_line_error_naming_its_line(in_tmp) -> No
     assert "Traceback" not in result.output
 
 
+def test_a_dataset_file_naming_missing_lists_says_so_before_training(in_tmp) -> None:
+    path = _dataset_file(in_tmp / "data")
+    result = _invoke(["run", "recognition", "--dataset", path, "--no-tracking"])
+    assert result.exit_code == 2
+    assert f"error: {path.resolve()} names files that are not there: training list" in (
+        result.output.replace("\n", " ")
+    )
+
+
 def _dataset_file(folder: Path, extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "labels.csv").write_text("id,name\n0,a\n1,b\n")

@@ -67,6 +67,7 @@ def recognition_data_files(config: RunConfig) -> DataFiles:
         test_list=data.test_list,
         labels=data.labels,
         split=data.split,
+        described_by=data.dataset_file,
     )
 
 

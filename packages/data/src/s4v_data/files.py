@@ -40,6 +40,7 @@ class DataFiles:
     # videos): (root, split, split number) -> records and class names.
     official: Callable[[Path, str, int], SplitRecords] | None = None
     split: int = 1  # which official split (UCF101 and HMDB51 have three)
+    described_by: Path | None = None  # the dataset.yaml that names these files, if one does
 
 
 def data_files(
@@ -53,6 +54,7 @@ def data_files(
     test_list: str | None = None,
     labels: str | None = None,
     split: int = 1,
+    described_by: Path | None = None,
 ) -> DataFiles:
     """The files of ``spec``'s dataset under ``root``: the given names, or the spec's defaults.
 
@@ -73,6 +75,7 @@ def data_files(
         labels=root / (labels or spec.label_file),
         official=official,
         split=split,
+        described_by=described_by,
     )
 
 
@@ -111,6 +114,13 @@ def check_data_files(files: DataFiles, *, need_train: bool = True) -> None:
     if files.test_list != files.val_list:
         wanted["test list"] = files.test_list
     missing = [f"{what} {path}" for what, path in wanted.items() if not path.is_file()]
+    if missing and files.described_by is not None:
+        raise DataNotFoundError(
+            f"{files.described_by} names files that are not there: "
+            + "; ".join(missing)
+            + ".\nFix the paths in the dataset file (relative paths start at its folder), or "
+            "write it again with `s4v data prepare`."
+        )
     if missing:
         raise DataNotFoundError(
             f"the {files.dataset} dataset is not prepared under {files.root}: missing "
