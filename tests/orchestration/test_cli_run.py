@@ -39,13 +39,20 @@ def test_two_step_run_is_recorded_in_mlflow_and_evaluates(in_tmp, tiny_overrides
          *[arg for item in sets for arg in ("--set", item)]]
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert f"mlflow ui --backend-store-uri {store}" in result.output
+    assert "open the MLflow UI: s4v ui\n" in result.output
 
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("recognition-synthetic")
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.info.run_id in result.output
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    assert f"this run: {url}" in result.output
+    # Not a terminal: a plain line per epoch, the same as in train.log.
+    [line] = [x for x in result.output.splitlines() if x.startswith("epoch 1/")]
+    assert "loss " in line and "val/top1 " in line and " eta 0:00" in line
+    logged = (in_tmp / "cli" / "train.log").read_text().splitlines()
+    assert len(logged) == 1 and logged[0].endswith(line)
     assert run.data.params["solver.max_steps"] == "2"
     assert run.data.params["model.preset"] == "tiny"
     assert run.data.tags["s4v.dataset"] == "synthetic"
@@ -199,3 +206,38 @@ def test_version_option_prints_the_package_version() -> None:
     result = _invoke(["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"s4v {__version__}"
+
+
+def test_only_rank_zero_prints_the_run_summary(in_tmp, monkeypatch) -> None:
+    import s4v_orchestration.train as train_module
+    from s4v_orchestration.overrides import load_run_config
+
+    config = load_run_config("recognition", "synthetic").with_defaults()
+
+    def finished(run_config, **kwargs):
+        return train_module.TrainResult(
+            metrics={"val/best_top1": 50.0, "best_epoch": 1.0},
+            config=config,
+            run_id=None,
+            best_checkpoint=None,
+            last_checkpoint=in_tmp / "last.pt",
+            is_main=rank == 0,
+        )
+
+    monkeypatch.setattr(train_module, "run_training", finished)
+    for rank in (1, 0):
+        result = _invoke(["run", "recognition", "--dataset", "synthetic", "--no-tracking"])
+        assert result.exit_code == 0, result.output
+        assert ("run summary" in result.output) == (rank == 0)
+
+
+def test_logging_setup_keeps_mlflow_info_out_of_the_terminal() -> None:
+    import logging
+
+    from s4v_orchestration.commands.common import configure_logging
+
+    configure_logging(verbose=True)
+    # MLflow's system-metrics and database-setup messages are INFO records of these loggers.
+    for name in ("mlflow.system_metrics.system_metrics_monitor", "mlflow.store.db.utils"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+    assert logging.getLogger("s4v_orchestration").isEnabledFor(logging.INFO)

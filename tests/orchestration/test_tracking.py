@@ -11,7 +11,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from s4v_orchestration.tracking import TrackingStoreError, tracked_run, ui_command
+from s4v_orchestration.tracking import TrackingStoreError, run_url, tracked_run, ui_command
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +103,17 @@ def test_disabled_tracking_logs_nothing(tmp_path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_ui_command_points_at_the_store() -> None:
+def test_ui_command_and_run_url_point_at_the_store(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert ui_command(f"sqlite:///{tmp_path / 'mlflow.db'}") == "s4v ui"
+    assert ui_command("sqlite:///x/mlflow.db") == "s4v ui --tracking-uri sqlite:///x/mlflow.db"
+    assert ui_command("http://host:5000") == "open http://host:5000"
     assert (
-        ui_command("sqlite:///x/mlflow.db")
-        == "uv run mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
+        run_url("sqlite:///x/mlflow.db", "3", "abc")
+        == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
     )
+    assert run_url("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
 
 
 # Each process waits for the go file, then opens a run on the same new SQLite store.

@@ -1,4 +1,8 @@
-"""Terminal progress for a run: an epochs bar, a bar per phase (train, validate, test) with ETA."""
+"""Terminal progress for a run: an epochs bar, a bar per phase (train, validate, test) with ETA.
+
+Bars need a terminal. When the output is a file or a pipe (``nohup``, a batch scheduler), the
+run prints plain lines instead: its description, then one line per epoch (:meth:`epoch_line`).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +25,15 @@ log = logging.getLogger(__name__)
 
 
 class RunProgress:
-    """Rich progress bars when ``enabled`` (rank 0 of an interactive run); log lines otherwise."""
+    """Progress of a run on rank 0 (``enabled``): rich bars in a terminal, plain lines elsewhere.
+
+    With ``enabled`` False (other ranks, library use) notes become log records and nothing prints.
+    """
 
     def __init__(self, *, enabled: bool, console: Console | None = None) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
+        self.bars = enabled and self.console.is_terminal
         self._progress = Progress(
             TextColumn("[bold]{task.description:<14}"),
             BarColumn(bar_width=30),
@@ -36,7 +44,7 @@ class RunProgress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=self.console,
-            disable=not enabled,
+            disable=not self.bars,
             transient=False,
         )
         self._epochs: TaskID | None = None
@@ -49,11 +57,16 @@ class RunProgress:
         self._progress.stop()
 
     def note(self, message: str) -> None:
-        """A line above the bars (or a log record when bars are off)."""
+        """A line above the bars, or a plain line (a log record when not ``enabled``)."""
         if self.enabled:
             self._progress.console.print(message, highlight=False)
         else:
             log.info(message)
+
+    def epoch_line(self, line: str) -> None:
+        """One finished epoch in plain text, printed when there are no bars to show it."""
+        if self.enabled and not self.bars:
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     def start_epochs(self, total: int, completed: int) -> None:
         self._epochs = self._progress.add_task("epochs", total=total, completed=completed, info="")

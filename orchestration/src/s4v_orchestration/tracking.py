@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from s4v_orchestration import __version__
+from s4v_orchestration.paths import default_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,22 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `s4v ui` serves by default
+
+
 def ui_command(tracking_uri: str) -> str:
-    """The shell command that opens the MLflow UI on this store."""
+    """The shell command that opens the MLflow UI on this store (``s4v ui``)."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
-    return f"uv run mlflow ui --backend-store-uri {tracking_uri}"
+    if tracking_uri == default_tracking_uri():
+        return "s4v ui"
+    return f"s4v ui --tracking-uri {tracking_uri}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: on the tracking server, or where ``s4v ui`` serves."""
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 class TrackingStoreError(RuntimeError):

@@ -75,6 +75,8 @@ class TrainResult:
     run_id: str | None
     best_checkpoint: Path | None
     last_checkpoint: Path
+    experiment_id: str | None = None  # the MLflow run's experiment (None without tracking)
+    is_main: bool = True  # rank 0 (or not distributed): the process that reports the run
 
 
 def train(
@@ -163,6 +165,10 @@ class _Run:
     def best_key(self) -> str:
         return f"val/{self.task.best_metric}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "train.log"
+
 
 def _run(
     config: RunConfig,
@@ -213,6 +219,8 @@ def _run(
         run_id=tracker.run_id,
         best_checkpoint=run.best_path if run.best_path.is_file() else None,
         last_checkpoint=run.last_path,
+        experiment_id=tracker.experiment_id,
+        is_main=env.is_main,
     )
 
 
@@ -330,6 +338,7 @@ def _train_epochs(
 ) -> None:
     """The epochs from ``state.epoch`` on: train, validate when due, checkpoint and log each."""
     solver = run.config.solver
+    first_epoch, session_started = state.epoch, time.perf_counter()
     for epoch in range(state.epoch, solver.epochs):
         started = time.perf_counter()
         metrics = _train_one_epoch(run, state, epoch, tracker)
@@ -339,9 +348,34 @@ def _train_epochs(
         metrics["epoch/time_s"] = time.perf_counter() - started
         metrics["epoch/peak_mem_mb"] = peak_memory_mb(run.device)
         _end_epoch(run, state, epoch, metrics, tracker, on_epoch_end)
+        if run.env.is_main:
+            per_epoch = (time.perf_counter() - session_started) / (epoch + 1 - first_epoch)
+            eta = 0.0 if stopping else per_epoch * (solver.epochs - epoch - 1)
+            _report_epoch(run, epoch_line(epoch + 1, solver.epochs, metrics, eta))
         if stopping:
             run.ui.note(f"stopping after {state.step} steps (solver.max_steps)")
             break
+
+
+def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], eta_s: float) -> str:
+    """``epoch 3/6  loss 0.9123  val/top1 75.00  val/top5 100.00  time 31 s  eta 1:33``."""
+    parts = [f"epoch {epoch}/{epochs}", f"loss {metrics['train/epoch_loss']:.4f}"]
+    parts += [f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith("val/")]
+    parts += [f"time {metrics['epoch/time_s']:.0f} s", f"eta {_clock(eta_s)}"]
+    return "  ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _report_epoch(run: _Run, line: str) -> None:
+    """The epoch's line on the terminal when it shows no bars, and always in ``train.log``."""
+    run.ui.epoch_line(line)
+    with run.log_path.open("a", encoding="utf-8") as log_file:
+        log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
 
 
 def _validate(run: _Run) -> dict[str, float]:

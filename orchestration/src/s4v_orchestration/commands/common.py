@@ -40,6 +40,10 @@ def configure_logging(verbose: bool = False) -> None:
             "s4v_retrieval",
         ):
             logging.getLogger(name).setLevel(logging.INFO)
+    # MLflow sets its own logger to INFO (with a handler of its own) when it is first imported,
+    # which would undo a level set before: import it first, then quiet it.
+    import mlflow  # noqa: F401
+
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -110,13 +114,17 @@ def view_shortcuts(views: str | None) -> list[Shortcut]:
 def print_summary(
     title: str, rows: list[tuple[str, str]], run_id: str | None, tracking_uri: str | None
 ) -> None:
-    """The summary table and, for a run recorded in MLflow, how to open the MLflow UI."""
-    from s4v_orchestration.tracking import ui_command
+    """The summary table and, for a run recorded in MLflow, how to open it in the MLflow UI."""
+    from mlflow import MlflowClient
+
+    from s4v_orchestration.tracking import run_url, ui_command
 
     console.print(summary_table(title, rows))
     if run_id is not None:
-        # On its own line, never wrapped, so that it can be copied.
+        experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+        # Each on its own line, never wrapped, so that it can be copied.
         console.print(f"open the MLflow UI: {ui_command(tracking_uri)}", soft_wrap=True)
+        console.print(f"this run: {run_url(tracking_uri, experiment_id, run_id)}", soft_wrap=True)
 
 
 def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:

@@ -255,6 +255,8 @@ def _run_task(
     started = time.perf_counter()
     shortcuts = [*options.shortcuts(), *extra, *view_shortcuts(views)]
     result = _train(task, options, shortcuts)
+    if not result.is_main:
+        return  # under torchrun every rank returns here; rank 0 reports the run
     cfg = result.config
     rows = [
         ("dataset", f"{cfg.data.dataset} ({cfg.data.root})"),
