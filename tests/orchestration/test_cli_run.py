@@ -55,6 +55,12 @@ def test_two_step_run_is_recorded_in_mlflow_and_evaluates(in_tmp, tiny_overrides
     assert len(logged) == 1 and logged[0].endswith(line)
     assert run.data.params["solver.max_steps"] == "2"
     assert run.data.params["model.preset"] == "tiny"
+    # Only this task's parameters; what changes no number is a tag.
+    assert not [p for p in run.data.params if p.startswith(("retrieval.", "tracking."))]
+    assert "output_dir" not in run.data.params and "cpu_threads" not in run.data.params
+    assert run.data.tags["s4v.config.output_dir"] == str(in_tmp / "cli")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "val/top1"
     assert run.data.tags["s4v.dataset"] == "synthetic"
     assert run.data.tags["s4v.backbone"] == "s4v-tiny"
     assert "tiny" in run.info.run_name and "synthetic" in run.info.run_name

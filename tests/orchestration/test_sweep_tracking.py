@@ -18,13 +18,13 @@ from s4v_orchestration.sweep.tracking import (
     TAG_TRIAL_STATE,
     TrialOutcome,
     error_summary,
-    experiment_id_for,
     finish_parent_run,
     normalise_tracking_uri,
     record_trial,
     start_parent_run,
     tidy_trial_runs,
 )
+from s4v_orchestration.tracking import experiment_id_for
 
 SWEEP = """\
 name: lr-search
@@ -113,7 +113,7 @@ def test_trial_outcomes_are_tagged_and_stopped_trials_are_not_failed(store) -> N
     runs = {run.info.run_name: run for run in client.search_runs([experiment_id])}
     assert runs["trial-a"].info.status == "FINISHED"
     assert runs["trial-a"].data.tags[TAG_TRIAL_STATE] == "completed"
-    assert runs["trial-b"].info.status == "KILLED"
+    assert runs["trial-b"].info.status == "FINISHED"  # stopped by the scheduler: not a failure
     assert runs["trial-b"].data.tags[TAG_TRIAL_STATE] == "stopped_early"
     assert runs["trial-c"].info.run_id == failed
     assert runs["trial-c"].info.status == "FAILED"
@@ -129,7 +129,7 @@ def test_recording_twice_changes_nothing(store) -> None:
     outcome = TrialOutcome(trial_id="a", run_name="trial-a", state="stopped_early", params={})
     for _ in range(2):
         record_trial(client, experiment_id=experiment_id, parent_run_id=parent, outcome=outcome)
-    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([experiment_id])) == 2  # parent + the one child
 
 
@@ -142,6 +142,7 @@ def test_parent_gets_the_best_trial_and_its_state(store) -> None:
         state="completed",
         params={"solver.lr": 0.01},
         metrics={"val/top1": 85.0, "test/top1": 84.0},
+        epochs_completed=4,
         mlflow_run_id="abc",
         checkpoint="/runs/lr-search/a/checkpoint_000003/checkpoint.pt",
     )
@@ -151,6 +152,8 @@ def test_parent_gets_the_best_trial_and_its_state(store) -> None:
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"val/top1": 85.0, "test/top1": 84.0}
+    # one point, at the best trial's epoch (no stray step-0 point on the charts)
+    assert [m.step for m in client.get_metric_history(parent, "val/top1")] == [4]
     assert run.data.tags["s4v.sweep.best_run_id"] == "abc"
     assert run.data.tags["best.solver.lr"] == "0.01"
     assert run.data.tags["s4v.sweep.best_checkpoint"].endswith("checkpoint.pt")

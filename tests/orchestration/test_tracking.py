@@ -11,7 +11,13 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from s4v_orchestration.tracking import TrackingStoreError, run_url, tracked_run, ui_command
+from s4v_orchestration.tracking import (
+    RunStopped,
+    TrackingStoreError,
+    run_url,
+    tracked_run,
+    ui_command,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +60,37 @@ def test_finished_run_holds_params_metrics_tags_and_artifacts(store, tmp_path) -
     assert client.get_experiment(run.info.experiment_id).name == "artifacts"
 
 
-def test_exception_ends_failed_and_ctrl_c_ends_killed(store) -> None:
+def test_exception_ends_failed_ctrl_c_killed_and_a_scheduler_stop_finished(store) -> None:
     ids = {}
-    for exc, name in ((RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "killed")):
+    cases = (
+        (RuntimeError("boom"), "failed"),
+        (KeyboardInterrupt(), "killed"),
+        (RunStopped("stopped by ASHA"), "stopped"),
+    )
+    for exc, name in cases:
         with pytest.raises(type(exc)), _open(store, run_name=name) as tracker:
             ids[name] = tracker.run_id
             raise exc
     client = MlflowClient(store)
     assert client.get_run(ids["failed"]).info.status == "FAILED"
     assert client.get_run(ids["killed"]).info.status == "KILLED"
+    assert client.get_run(ids["stopped"]).info.status == "FINISHED"
+
+
+def test_experiment_is_marked_as_model_training_with_its_primary_metric(store) -> None:
+    with _open(store, experiment="kinds", primary_metric="val/top1"):
+        pass
+    client = MlflowClient(store)
+    tags = client.get_experiment_by_name("kinds").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.experiment.primaryMetric.name"] == "val/top1"
+    assert tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == "True"
+    # A kind the user chose in the UI is kept.
+    client.set_experiment_tag(client.get_experiment_by_name("kinds").experiment_id,
+                              "mlflow.experimentKind", "finetuning")  # fmt: skip
+    with _open(store, experiment="kinds", primary_metric="val/top1"):
+        pass
+    assert client.get_experiment_by_name("kinds").tags["mlflow.experimentKind"] == "finetuning"
 
 
 def test_child_run_nests_under_parent_in_the_parents_experiment(store) -> None:

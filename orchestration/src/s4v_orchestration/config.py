@@ -299,6 +299,49 @@ def flatten(config: RunConfig) -> dict[str, str]:
     return out
 
 
+# Fields that change none of a run's numbers: MLflow tags (``s4v.config.<path>``), not parameters,
+# so the UI's compare views and parallel-coordinates plots show only what matters.
+BOOKKEEPING_FIELDS = ("output_dir", "cpu_threads", "resume", "tracking.")
+# Fields only the other task reads, left out of a run's parameters.
+TASK_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
+    "recognition": (
+        "model.dropout",
+        "solver.label_smoothing",
+        "solver.mixup_alpha",
+        "solver.cutmix_alpha",
+        "solver.mix_switch_prob",
+        "data.flip",
+        "data.rand_augment",
+        "data.num_sample",
+        "data.labels",
+        "data.train_list",
+        "data.val_list",
+    ),
+    "retrieval": ("retrieval.",),
+}
+
+
+def run_params(config: RunConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """``(params, tags)`` to record: the task's own fields as parameters, bookkeeping as tags.
+
+    Fields of the other task are left out (a recognition run has no ``retrieval.*``); paths and
+    settings that change no number (``output_dir``, ``cpu_threads``, ``tracking.*``) become tags
+    named ``s4v.config.<path>``.
+    """
+    foreign = tuple(
+        path for task, paths in TASK_ONLY_FIELDS.items() if task != config.task for path in paths
+    )
+    params, tags = {}, {}
+    for path, value in flatten(config).items():
+        if path.startswith(foreign):
+            continue
+        if path.startswith(BOOKKEEPING_FIELDS):
+            tags[f"s4v.config.{path}"] = value
+        else:
+            params[path] = value
+    return params, tags
+
+
 def to_yaml(config: RunConfig) -> str:
     """The config as YAML text that ``--config`` reads back to the same config."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

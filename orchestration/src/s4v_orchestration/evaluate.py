@@ -141,7 +141,7 @@ def evaluate_checkpoint(
         ):
             run = RunContext(config=config, parts=parts, device=device, env=env, track=ui.track)
             evaluation = task.final_test(model, run, out_dir)
-            tracker.log_params({"views": views, "checkpoint": str(checkpoint.resolve())})
+            tracker.log_params({"views": views})  # the checkpoint path is the s4v.checkpoint tag
             tracker.log_metrics({f"test/{k}": v for k, v in evaluation.metrics.items()}, step=0)
             for path in evaluation.files:
                 tracker.log_artifact(path, "eval")

@@ -22,6 +22,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER,
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME,
+)
 
 from s4v_orchestration import __version__
 from s4v_orchestration.paths import default_tracking_uri
@@ -121,6 +125,14 @@ def open_client(tracking_uri: str) -> MlflowClient:
             ) from None
 
 
+class RunStopped(KeyboardInterrupt):
+    """Raised through a tracked run that was stopped on purpose (by a sweep's scheduler).
+
+    The run did not fail and was not interrupted: :func:`tracked_run` closes it ``FINISHED``.
+    A ``KeyboardInterrupt``, so code between the stop and the run's end unwinds as for Ctrl-C.
+    """
+
+
 class Tracker:
     """Logs to one MLflow run; every method is a no-op when tracking is disabled (``run_id`` None)."""
 
@@ -162,7 +174,35 @@ class Tracker:
             self.client.log_text(self.run_id, text, artifact_file)
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+# MLflow 3's UI opens an experiment by its kind: without this tag it may guess "GenAI" and land on
+# the traces overview; "custom_model_development" opens the runs table (the tag and its values
+# are those of MLflow's UI, which also sets them from its experiment-type selector).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def mark_training_experiment(
+    client: MlflowClient, experiment_id: str, metric: str | None, greater_is_better: bool = True
+) -> None:
+    """Tag an experiment as model training with ``metric`` as its primary metric.
+
+    The primary metric (``mlflow.experiment.primaryMetric.*``) is what the UI's chart and compare
+    views show first. Tags a user already set (e.g. another type chosen in the UI) are kept.
+    """
+    tags = client.get_experiment(experiment_id).tags
+    wanted = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    if metric is not None:
+        wanted[MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME] = metric
+        wanted[MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER] = str(greater_is_better)
+    for key, value in wanted.items():
+        if key not in tags:
+            client.set_experiment_tag(experiment_id, key, value)
+
+
+def experiment_id_for(
+    client: MlflowClient, name: str, metric: str | None = None, greater_is_better: bool = True
+) -> str:
+    """The id of experiment ``name`` (created if missing), tagged as a model-training experiment."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -170,12 +210,15 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
                 f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
                 "or choose another with --set tracking.experiment=NAME"
             )
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:
-        # Another process created it between our lookup and create.
-        return client.get_experiment_by_name(name).experiment_id
+        experiment_id = experiment.experiment_id
+    else:
+        try:
+            experiment_id = client.create_experiment(name)
+        except MlflowException:
+            # Another process created it between our lookup and create.
+            experiment_id = client.get_experiment_by_name(name).experiment_id
+    mark_training_experiment(client, experiment_id, metric, greater_is_better)
+    return experiment_id
 
 
 @contextmanager
@@ -189,6 +232,7 @@ def tracked_run(
     parent_run_id: str | None = None,
     continue_run_id: str | None = None,
     system_metrics: bool = True,
+    primary_metric: str | None = None,
 ) -> Iterator[Tracker]:
     """Open an MLflow run for the body of the ``with`` block and close it with the right status.
 
@@ -202,6 +246,7 @@ def tracked_run(
         continue_run_id: reopen this run (a resumed training) instead of creating one, if it exists
             in this store.
         system_metrics: sample CPU/GPU/memory/disk/network usage in a background thread.
+        primary_metric: the experiment's primary metric (larger is better) for MLflow's UI.
 
     Yields:
         The tracker; ``tracker.run_id`` is the MLflow run id (None when disabled).
@@ -223,7 +268,7 @@ def tracked_run(
         if parent_run_id is not None:
             experiment_id = client.get_run(parent_run_id).info.experiment_id
         else:
-            experiment_id = _experiment_id(client, experiment)
+            experiment_id = experiment_id_for(client, experiment, primary_metric)
         all_tags = {
             "mlflow.source.name": "s4v",
             "mlflow.source.type": "LOCAL",
@@ -253,6 +298,9 @@ def tracked_run(
     try:
         yield tracker
         status = "FINISHED"
+    except RunStopped:
+        status = "FINISHED"
+        raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise

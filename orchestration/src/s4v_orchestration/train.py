@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from s4v_core.checkpoint import load_checkpoint, save_checkpoint
-from s4v_orchestration.config import RunConfig, flatten, to_yaml
+from s4v_orchestration.config import RunConfig, run_params, to_yaml
 from s4v_orchestration.progress import RunProgress
 from s4v_orchestration.resume import check_resumable, restore_rng_state, rng_state
 from s4v_orchestration.runtime import (
@@ -311,6 +311,7 @@ def _open_tracking(run: _Run, state: TrainState) -> contextlib.AbstractContextMa
         parent_run_id=config.tracking.parent_run_id,
         continue_run_id=state.run_id,
         system_metrics=config.tracking.system_metrics,
+        primary_metric=run.best_key,
     )
 
 
@@ -324,7 +325,9 @@ def _start_tracking(run: _Run, state: TrainState, tracker: Tracker) -> None:
         if tracker.continued:
             tracker.set_tags({"s4v.resumed_from": f"{config.resume} (epoch {state.epoch})"})
         else:
-            tracker.log_params(flatten(config))
+            params, tags = run_params(config)
+            tracker.log_params(params)
+            tracker.set_tags(tags)
             tracker.log_text(to_yaml(config), "config.yaml")
     run.ui.note(_describe_run(run, tracker))
     run.ui.start_epochs(config.solver.epochs, completed=state.epoch)

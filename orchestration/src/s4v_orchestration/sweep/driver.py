@@ -37,7 +37,6 @@ from s4v_orchestration.sweep.tracking import (
     SweepRecord,
     TrialOutcome,
     TrialState,
-    experiment_id_for,
     find_parent_by_storage,
     finish_parent_run,
     normalise_tracking_uri,
@@ -57,7 +56,7 @@ from s4v_orchestration.sweep.trainable import (
     trial_run_name,
 )
 from s4v_orchestration.tasks import get_task
-from s4v_orchestration.tracking import open_client
+from s4v_orchestration.tracking import experiment_id_for, open_client
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +277,10 @@ def _new_record(
     """Create the MLflow store, experiment and parent run of a new sweep."""
     uri = normalise_tracking_uri(tracking_uri or base.tracking.uri)
     client = open_client(uri)
-    experiment_id = experiment_id_for(client, spec.experiment or base.tracking.experiment)
+    metric, mode = spec.objective
+    experiment_id = experiment_id_for(
+        client, spec.experiment or base.tracking.experiment, metric, greater_is_better=mode == "max"
+    )
     parent_run_id = start_parent_run(
         client,
         experiment_id=experiment_id,

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import Metric, Run, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from s4v_orchestration.sweep.spec import Distribution, SweepSpec
@@ -109,14 +110,6 @@ def error_summary(error: str) -> str:
     """The last line of a traceback (``ValueError: ...``), for a tag and a table cell."""
     lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else error)[:_ERROR_CHARS]
-
-
-def experiment_id_for(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created (with the store itself) if it does not exist."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name)
 
 
 def start_parent_run(
@@ -231,12 +224,12 @@ def record_trial(
         client.set_tag(run_id, TAG_TRIAL_ERROR, error_summary(outcome.error))
         client.log_text(run_id, outcome.error, "error.txt")
     status = run.info.status
-    # A trial stopped by the scheduler did not fail: it is KILLED (interrupted), as train() also
-    # records it when its thread gets to close the run, and the state tag says why.
-    wanted = {"failed": "FAILED", "stopped_early": "KILLED", "completed": "FINISHED"}.get(
+    # A trial stopped by the scheduler did not fail and was not interrupted: it ended FINISHED,
+    # as train() also records it, and the state tag (stopped_early) says how.
+    wanted = {"failed": "FAILED", "stopped_early": "FINISHED", "completed": "FINISHED"}.get(
         outcome.state
     )
-    if wanted == "FINISHED" and status != "RUNNING":
+    if outcome.state == "completed" and status != "RUNNING":
         wanted = None  # train() closed it; keep what it recorded
     if wanted is not None and status != wanted:
         client.set_terminated(run_id, wanted)
@@ -290,8 +283,14 @@ def finish_parent_run(
             client.set_tag(parent_run_id, TAG_BEST_CHECKPOINT, best.checkpoint)
         for path, value in best.params.items():
             client.set_tag(parent_run_id, f"best.{path}", str(value))
-        for key, value in best.metrics.items():
-            client.log_metric(parent_run_id, key, value)
+        # At the best trial's epoch, where its own curve has the point (a step-0 point would
+        # stand alone at the left of every chart).
+        now = int(time.time() * 1000)
+        step = best.epochs_completed
+        client.log_batch(
+            parent_run_id,
+            metrics=[Metric(key, value, now, step) for key, value in best.metrics.items()],
+        )
         client.log_dict(
             parent_run_id,
             {

@@ -22,6 +22,7 @@ from ray import tune
 
 from s4v_orchestration.config import RunConfig
 from s4v_orchestration.sweep.space import EPOCH_KEY
+from s4v_orchestration.tracking import RunStopped
 
 # Extra keys every trial report carries besides the run's own metrics.
 EPOCHS_KEY = "epochs"  # epochs the trial was configured to run (tells "completed" from "stopped")
@@ -84,12 +85,12 @@ class MetricNotReportedError(KeyError):
     """The sweep's metric is not among the metrics a validated epoch produced."""
 
 
-class TrialStopped(KeyboardInterrupt):
+class TrialStopped(RunStopped):
     """The scheduler stopped this trial.
 
     Ray ends a stopped trial by raising ``SystemExit`` inside ``tune.report``. ``train()`` would
-    record that as a failed run; it records a ``KeyboardInterrupt`` as an interrupted (KILLED) one,
-    which is what a trial stopped early is, so the stop is passed through ``train()`` as this.
+    record that as a failed run; a :class:`RunStopped` passes through ``train()`` like Ctrl-C and
+    closes its MLflow run FINISHED (the driver tags it ``stopped_early``).
     """
 
 
