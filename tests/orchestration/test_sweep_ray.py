@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -282,6 +283,13 @@ def test_sweep_on_a_ray_start_head_cluster_records_every_trial(
     assert parent.data.metrics["val/top1"] == max(c.data.metrics["val/top1"] for c in finished)
     checkpoint = parent.data.tags["s4v.sweep.best_checkpoint"]
     assert Path(checkpoint).is_file()
+    # Ranked and reported on the same epoch: the trials' last, whose checkpoint is reported.
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"] == 2
     out = run.result.stdout
     assert "best trial" in out and best in out and checkpoint in out
     assert "failed: ValueError: side_dim (100)" in out
+    # s4v's one line per trial event, and none of Ray's chatter.
+    assert out.count(" started: model.side_dim=") == 3
+    assert out.count(" completed after 2 epochs: val/top1 ") == 2
+    assert "TensorboardX" not in out + run.result.stderr
+    assert "Trial status" not in out

@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from rich.console import Console
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
-from s4v_orchestration.run_table import find_sweep, list_experiment, list_sweep, render
+from s4v_orchestration.run_table import (
+    find_sweep,
+    list_experiment,
+    list_sweep,
+    render,
+    significant,
+)
 from s4v_orchestration.sweep.spec import parse_sweep
 from s4v_orchestration.sweep.tracking import (
     TAG_TRIAL_ERROR,
@@ -201,8 +208,8 @@ def test_runs_command_prints_the_sorted_table(store) -> None:
         app, ["runs", "-e", experiment, "--sweep", "lr-search", "--tracking-uri", uri]
     )
     assert result.exit_code == 0, result.output
-    assert result.output.index(high) < result.output.index(low)
-    assert "solver.lr" in result.output and "val/top1" in result.output
+    assert result.output.index(high[:8]) < result.output.index(low[:8])  # short run ids
+    assert "solver." in result.output and " lr " in result.output and "val/top1" in result.output
     result = runner.invoke(app, ["runs", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert experiment in result.output
@@ -240,3 +247,49 @@ def test_restarted_trials_leave_one_current_run_and_leftovers_are_closed(store) 
     assert TAG_TRIAL_STATE not in client.get_run(new).data.tags
     rows = list_sweep(client, client.get_run(parent)).rows
     assert [row.run_id for row in rows] == [new, leftover]  # one row per trial
+
+
+def test_runs_table_at_100_columns_tells_trials_apart_and_rounds(store) -> None:
+    client, _, experiment_id = store
+    parent = _start(client, experiment_id)
+    lrs = [0.0031622776601683794, 0.0001778279410038923, 0.056234132519034905]
+    for index, lr in enumerate(lrs):
+        run_id = _child(client, experiment_id, parent, f"trial-0958d_{index:05d}", lr, [70 + index])
+        for name in ("model.side_dim", "data.batch_size", "solver.weight_decay"):
+            client.log_param(run_id, name, 0.123456789 * (index + 1))
+    # An evaluation run in the same experiment: its parameters must not displace the trials'.
+    evaluation = client.create_run(experiment_id, tags={"s4v.kind": "evaluation"}).info.run_id
+    client.log_param(evaluation, "views", "3x2")
+    listing = list_experiment(client, client.get_experiment(experiment_id).name)
+    assert "views" not in listing.columns and "solver.lr" in listing.columns
+    console = Console(width=100, record=True)
+    console.print(render(listing))
+    text = console.export_text()
+    for index in range(3):
+        assert f"trial-0958d_{index:05d}" in text
+    assert "0.0031622776" not in text  # 4 significant digits (a narrow column may fold them)
+    assert "0.003162" in listing_text(listing) and "0.0001778" in listing_text(listing)
+    assert "evaluation" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_significant_keeps_integers_and_words() -> None:
+    assert significant("0.0031622776601683794") == "0.003162"
+    assert significant("128") == "128"
+    assert significant("side4video") == "side4video"
+    assert significant("1e-05") == "1e-05"
+
+
+def test_runs_in_a_folder_without_a_store_says_so_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["runs"])
+    assert result.exit_code == 2
+    assert "no MLflow store here" in result.output
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def listing_text(listing) -> str:
+    console = Console(width=200, record=True)
+    console.print(render(listing))
+    return console.export_text()

@@ -39,3 +39,12 @@ def default_tracking_uri() -> str:
     if env := os.environ.get("MLFLOW_TRACKING_URI"):
         return env
     return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def missing_sqlite_store(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI when it does not exist (opening would create it)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    path = Path(tracking_uri.removeprefix(prefix))
+    return None if path.exists() or str(path) == ":memory:" else path

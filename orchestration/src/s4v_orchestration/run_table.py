@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from rich import box
 from rich.table import Table
 
 from s4v_orchestration.sweep.spec import DEFAULT_METRICS
@@ -31,6 +32,7 @@ from s4v_orchestration.sweep.tracking import (
 # Parameters that differ between runs without describing the experiment (paths, bookkeeping).
 _NOT_HYPERPARAMETERS = ("output_dir", "resume", "data.root", "tracking.", "device")
 MAX_AUTO_COLUMNS = 6
+SHORT_ID = 8  # run ids are shown by their first characters (MLflow's UI and API take the full id)
 
 
 class RunLookupError(LookupError):
@@ -46,6 +48,7 @@ class RunRow:
     epochs: str  # epochs a sweep trial completed, else ""
     value: float | None  # the metric's latest value
     error: str = ""  # a failed trial's error (last line of its traceback)
+    kind: str = ""  # s4v.kind: "evaluation" for `s4v eval` runs, else ""
     params: dict[str, str] = field(default_factory=dict)
 
 
@@ -68,6 +71,7 @@ def _row(run: Run, metric: str) -> RunRow:
         epochs=tags.get(TAG_TRIAL_EPOCHS, ""),
         value=run.data.metrics.get(metric),
         error=tags.get(TAG_TRIAL_ERROR, ""),
+        kind=tags.get(TAG_KIND, ""),
         params=dict(run.data.params),
     )
 
@@ -83,6 +87,9 @@ def _sorted(rows: list[RunRow], mode: str) -> list[RunRow]:
 
 
 def _varying_params(rows: list[RunRow]) -> list[str]:
+    # Evaluation runs carry other parameters (views): they must not push the training runs'
+    # hyperparameters out of the table.
+    rows = [row for row in rows if row.kind != "evaluation"] or rows
     names = sorted({name for row in rows for name in row.params})
     varying = [
         name
@@ -102,7 +109,7 @@ def _default_metric(runs: list[Run]) -> str:
 
 
 def find_sweep(client: MlflowClient, sweep: str, experiment: str | None = None) -> Run:
-    """A sweep's parent run, by run id or by sweep name (the newest if the name was reused)."""
+    """A sweep's parent run by sweep name (the newest if the name was reused), run id or id prefix."""
     try:
         run = client.get_run(sweep)
         if run.data.tags.get(TAG_KIND) == "sweep":
@@ -113,12 +120,16 @@ def find_sweep(client: MlflowClient, sweep: str, experiment: str | None = None) 
         [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
     )
     ids = [e.experiment_id for e in experiments if e is not None]
-    found = client.search_runs(
+    parents = client.search_runs(
         ids,
-        filter_string=f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep}'",
+        filter_string=f"tags.`{TAG_KIND}` = 'sweep'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=5000,
     )
+    # By name (the newest if reused), else by the start of its run id as the tables show it.
+    found = [run for run in parents if run.data.tags.get(TAG_SWEEP) == sweep] or [
+        run for run in parents if run.info.run_id.startswith(sweep)
+    ]
     if not found:
         raise RunLookupError(f"no sweep named {sweep!r} in this store")
     return found[0]
@@ -192,21 +203,44 @@ def render(listing: RunListing, *, highlight: str | None = None, extra: list[str
     """
     columns = list(dict.fromkeys([*listing.columns, *extra]))
     arrow = "↓" if listing.mode == "max" else "↑"
-    table = Table(title=listing.title, title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("run")
-    table.add_column("state")
-    table.add_column(f"{listing.metric} {arrow}", justify="right")
+    # Light borders and shared padding: a sweep's table fits 100 columns.
+    table = Table(
+        title=listing.title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    # Never cut: trial names share a long prefix (trial-0958d_00001, trial-0958d_00002, ...).
+    table.add_column(
+        "run", no_wrap=True, min_width=max((len(r.name) for r in listing.rows), default=3)
+    )
+    table.add_column("state", min_width=10, no_wrap=True)
+    table.add_column(f"{listing.metric} {arrow}", justify="right", no_wrap=True)
     for name in columns:
-        table.add_column(name, justify="right")
+        # The header breaks after the section (solver. / lr); on a narrow terminal the values
+        # fold rather than the run names being cut.
+        table.add_column(name.replace(".", ".\n", 1), justify="right", overflow="fold")
     table.add_column("run id", no_wrap=True)
     for rank, row in enumerate(listing.rows, start=1):
-        state = row.state or row.status.lower()
-        if row.state == "stopped_early" and row.epochs:
-            state = f"stopped_early @{row.epochs}"
+        state = row.kind or row.state or row.status.lower()
+        if row.state == "stopped_early":
+            state = f"stopped @{row.epochs}" if row.epochs else "stopped"  # early, by the scheduler
         value = "-" if row.value is None else f"{row.value:.4g}"
         style = "bold green" if row.run_id == highlight else None
         cells = [str(rank), row.name, state, value]
-        cells += [row.params.get(name, "-") for name in columns]
-        table.add_row(*cells, row.run_id, style=style)
+        cells += [significant(row.params.get(name, "-")) for name in columns]
+        table.add_row(*cells, row.run_id[:SHORT_ID], style=style)
     return table
+
+
+def significant(text: str) -> str:
+    """A parameter value as shown: floats to 4 significant digits, anything else as logged."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if text.strip().lstrip("-").isdigit() or not math.isfinite(number):
+        return text  # integers and inf/nan stay as they are
+    return f"{number:.4g}"

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from s4v_orchestration.paths import default_tracking_uri
+from s4v_orchestration.paths import default_tracking_uri, missing_sqlite_store
 
 console = Console()
 if not console.is_terminal:
@@ -68,6 +68,16 @@ def runs(
     )
 
     uri = tracking_uri or default_tracking_uri()
+    store = missing_sqlite_store(uri)
+    if store is not None:
+        # Opening it would create an empty database here.
+        console.print(
+            f"no MLflow store here: {store} does not exist. Run from the folder you trained "
+            "in, or pass --tracking-uri.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
     client = MlflowClient(uri)
     try:
         if sweep is not None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from s4v_orchestration.commands.common import configure_logging
 
 console = Console()
 if not console.is_terminal:
@@ -69,9 +73,10 @@ def sweep(
             "-v",
             min=0,
             max=2,
-            help="Ray's live progress: 0 silent, 1 trial status table, 2 every reported result.",
+            help="Ray's own output: 0 none (s4v prints a line per trial event), 1 Ray's status "
+            "table and INFO messages, 2 also every reported result and the trials' output.",
         ),
-    ] = 1,
+    ] = 0,
 ) -> None:
     """Search hyperparameters with Ray Tune; every trial is a nested MLflow run of the sweep."""
     from mlflow import MlflowClient
@@ -82,6 +87,8 @@ def sweep(
     from s4v_orchestration.sweep.driver import SweepError, run_sweep
     from s4v_orchestration.sweep.spec import SweepFileError, load_sweep_file
 
+    configure_logging()  # warnings only: no MLflow/alembic INFO chatter
+    _print_trial_events()
     try:
         spec = load_sweep_file(sweep_file)
         metric, mode = spec.objective
@@ -136,10 +143,22 @@ def sweep(
     best = outcome.best
     value = best.metrics.get(outcome.metric)
     console.print(
-        f"[bold green]best trial[/bold green] {best.run_name}: {outcome.metric} = {value:.4g}\n"
+        f"[bold green]best trial[/bold green] {best.run_name}: {outcome.metric} = {value:.4g} "
+        f"at its last epoch ({best.epochs_completed}; trials are ranked by their last epoch)\n"
         f"  params      {', '.join(f'{k}={v}' for k, v in best.params.items())}\n"
         f"  MLflow run  {best.mlflow_run_id}\n"
-        f"  checkpoint  {best.checkpoint}",
+        f"  checkpoint  {best.checkpoint} (that epoch's)",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _print_trial_events() -> None:
+    """Show the sweep's one line per trial event on stdout, as plain lines."""
+    from s4v_orchestration.sweep.driver import events
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    events.handlers[:] = [handler]
+    events.setLevel(logging.INFO)
+    events.propagate = False

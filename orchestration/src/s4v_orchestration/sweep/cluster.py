@@ -8,6 +8,7 @@ tracking store: a SQLite file only works when all nodes are this machine.
 
 from __future__ import annotations
 
+import logging
 import socket
 from urllib.parse import urlparse
 
@@ -30,12 +31,26 @@ def _is_local_ip(ip: str) -> bool:
         return False
 
 
-def connect_ray(address: str | None, *, num_cpus: int | None, num_gpus: int | None) -> bool:
-    """Start a local Ray (returns True: we own it) or join the cluster at ``address``."""
+def connect_ray(
+    address: str | None, *, num_cpus: int | None, num_gpus: int | None, verbose: int = 0
+) -> bool:
+    """Start a local Ray (returns True: we own it) or join the cluster at ``address``.
+
+    With ``verbose`` 0 Ray keeps its INFO messages and the trials' own output to its log files
+    (``<ray temp dir>/session_latest/logs``): s4v prints a line per trial event instead. 1 lets
+    Ray's INFO messages through, 2 also the trials' output.
+    """
+    quiet = {
+        "logging_level": logging.INFO if verbose >= 1 else logging.WARNING,
+        "log_to_driver": verbose >= 2,
+    }
+    if verbose == 0:
+        # Tune warns on every sweep that TensorboardX is not installed: s4v logs to MLflow.
+        logging.getLogger("ray.tune.utils.callback").setLevel(logging.ERROR)
     if address is None:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
         return True
-    ray.init(address=address)
+    ray.init(address=address, **quiet)
     return False
 
 

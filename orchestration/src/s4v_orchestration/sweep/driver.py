@@ -37,6 +37,7 @@ from s4v_orchestration.sweep.tracking import (
     SweepRecord,
     TrialOutcome,
     TrialState,
+    error_summary,
     find_parent_by_storage,
     finish_parent_run,
     normalise_tracking_uri,
@@ -59,6 +60,9 @@ from s4v_orchestration.tasks import get_task
 from s4v_orchestration.tracking import experiment_id_for, open_client
 
 logger = logging.getLogger(__name__)
+# One line per trial event (started, completed, stopped early, failed); `s4v sweep` prints them.
+# A logger, not a function passed in: Ray pickles the callbacks with the sweep's state.
+events = logging.getLogger("s4v_orchestration.sweep.events")
 
 RECORD_FILE = "s4v-sweep.json"
 
@@ -121,13 +125,22 @@ class TrialRecorder(tune.Callback):
     """Tags each trial's MLflow child run with how the trial ended, as soon as it ends.
 
     Runs where the Tune loop runs (the driver, or the head node with ``ray://``), one event at a
-    time, so its MLflow writes never overlap each other.
+    time, so its MLflow writes never overlap each other. Each event is also one line on the
+    ``events`` logger.
     """
 
-    def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str):
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        metric: str,
+    ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.metric = metric
 
     def _record(self, outcome: TrialOutcome) -> None:
         try:
@@ -141,10 +154,20 @@ class TrialRecorder(tune.Callback):
             # Bookkeeping must not end the sweep; the final pass in run_sweep retries.
             logger.exception("could not record trial %s in MLflow", outcome.trial_id)
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        values = ", ".join(f"{k}={_short(v)}" for k, v in (trial.config or {}).items())
+        events.info(f"trial {trial.trial_id} started: {values}")
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        done = int(result.get(EPOCH_KEY, 0)) >= int(result.get(EPOCHS_KEY, 1 << 30))
-        self._record(_outcome_from_trial(trial, "completed" if done else "stopped_early"))
+        epochs = int(result.get(EPOCH_KEY, 0))
+        done = epochs >= int(result.get(EPOCHS_KEY, 1 << 30))
+        outcome = _outcome_from_trial(trial, "completed" if done else "stopped_early")
+        self._record(outcome)
+        how = "completed" if done else "stopped early by the scheduler"
+        value = result.get(self.metric)
+        shown = f"{self.metric} {value:.4g}" if isinstance(value, int | float) else "no metric"
+        events.info(f"trial {trial.trial_id} {how} after {epochs} epochs: {shown}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Ray writes the traceback next to the driver before it calls back.
@@ -154,6 +177,12 @@ class TrialRecorder(tune.Callback):
         else:
             error = f"trial {trial.trial_id} raised (see {trial.path})"
         self._record(_outcome_from_trial(trial, "failed", error=error))
+        events.info(f"trial {trial.trial_id} failed: {error_summary(error)}")
+
+
+def _short(value: Any) -> str:
+    """A sampled value in 4 significant digits (floats), as the tables show it."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --- 3. the sweep ----------------------------------------------------------------------------
@@ -207,13 +236,17 @@ def sweep_sha256(text: str) -> str:
 
 
 def _best_outcome(grid: tune.ResultGrid, metric: str, mode: str) -> TrialOutcome | None:
+    """The best trial by its last validated epoch, with that epoch's metrics and checkpoint.
+
+    Ranked and reported on the same epoch: the last one each trial reported, as ASHA compares
+    trials at its rungs and as MLflow's runs table and ``s4v runs`` show them (a metric's latest
+    value). Ray keeps the latest checkpoint of every trial besides its two best.
+    """
     try:
-        # scope="last": trials are compared on their final report, as ASHA compares them at
-        # its rungs and as the MLflow table shows them (the latest value of each metric).
         result = grid.get_best_result(metric=metric, mode=mode, scope="last")
     except RuntimeError:
         return None  # no trial reported the metric
-    checkpoint = result.get_best_checkpoint(metric=metric, mode=mode) or result.checkpoint
+    checkpoint = result.checkpoint
     trial_id = result.metrics["trial_id"]
     return TrialOutcome(
         trial_id=trial_id,
@@ -325,6 +358,7 @@ def _new_tuner(
                     tracking_uri=record.tracking_uri,
                     experiment_id=record.experiment_id,
                     parent_run_id=record.parent_run_id,
+                    metric=metric,
                 )
             ],
             verbose=verbose,
@@ -392,7 +426,7 @@ def run_sweep(
     resume: bool = False,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     source: str = "sweep file",
     announce: Callable[[str], None] = logger.info,
 ) -> SweepOutcome:
@@ -407,7 +441,8 @@ def run_sweep(
         address: None starts a local Ray; ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` joins one.
         resume: continue the interrupted sweep ``<storage>/<name>`` (finished trials are kept).
         num_cpus, num_gpus: size of a local Ray (default: the whole machine).
-        verbose: Ray's progress output, 0 (silent), 1 (status table) or 2 (every result).
+        verbose: Ray's own output: 0 none (s4v's line per trial event only), 1 its status table
+            and INFO messages, 2 also every result and the trials' output.
         source: how error messages name the sweep file.
         announce: prints progress notes (data preparation).
 
@@ -427,7 +462,7 @@ def run_sweep(
     # Prepared once here: concurrent trials would otherwise generate the synthetic set at once.
     get_task(plan.base.task).prepare_data(plan.base, announce=announce)
 
-    owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    owns_ray = connect_ray(address, num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose)
     try:
         check_trials_can_log(plan.tracking_uri, address)
         record, client = _open_parent_run(spec, plan, sweep_text)
