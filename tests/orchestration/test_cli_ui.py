@@ -94,3 +94,16 @@ def test_ui_refuses_a_port_in_use(tmp_path: Path) -> None:
         )
     assert result.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_the_ui_like_ctrl_c(signum) -> None:
+    import os
+
+    from s4v_orchestration.commands.ui import stops_on_hangup
+
+    before = signal.getsignal(signum)
+    with pytest.raises(KeyboardInterrupt), stops_on_hangup():
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises as soon as the signal arrives
+    assert signal.getsignal(signum) == before  # restored afterwards

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -88,17 +90,37 @@ def ui(
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     server = subprocess.Popen(command, start_new_session=True, env=env)
     try:
-        while server.poll() is None and not _healthy(url):
-            time.sleep(0.5)
-        if server.poll() is None:
-            console.print(f"ready: {url}", highlight=False)
-        server.wait()
+        with stops_on_hangup():
+            while server.poll() is None and not _healthy(url):
+                time.sleep(0.5)
+            if server.poll() is None:
+                console.print(f"ready: {url}", highlight=False)
+            server.wait()
     except KeyboardInterrupt:
         _stop(server)
         console.print("MLflow UI stopped")
         return
     if server.returncode != 0:
         raise typer.Exit(server.returncode)
+
+
+@contextmanager
+def stops_on_hangup() -> Iterator[None]:
+    """SIGTERM (``kill``) and SIGHUP (the SSH session ended) stop the UI as Ctrl-C does.
+
+    The server runs in a session of its own, so neither signal reaches it: without this it would
+    outlive ``s4v ui`` and keep the port.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _stop(server: subprocess.Popen, grace: float = 15.0) -> None:
