@@ -7,11 +7,11 @@ batch is trained against soft targets, which already include the label smoothing
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 
 def smoothed_targets(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
@@ -33,17 +33,6 @@ def classification_loss(logits: Tensor, targets: Tensor, smoothing: float) -> Te
     return F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
 
 
-def _cutmix_box(height: int, width: int, lam: float) -> tuple[int, int, int, int]:
-    """A random box covering about ``1 - lam`` of the frame: (top, bottom, left, right)."""
-    ratio = math.sqrt(1.0 - lam)
-    box_h, box_w = int(height * ratio), int(width * ratio)
-    cy = int(torch.randint(height, ()).item())
-    cx = int(torch.randint(width, ()).item())
-    top, bottom = max(cy - box_h // 2, 0), min(cy + box_h // 2, height)
-    left, right = max(cx - box_w // 2, 0), min(cx + box_w // 2, width)
-    return top, bottom, left, right
-
-
 def mix_clips(
     clips: Tensor,
     labels: Tensor,
@@ -54,11 +43,18 @@ def mix_clips(
     switch_prob: float = 0.5,
     smoothing: float = 0.1,
 ) -> tuple[Tensor, Tensor]:
-    """Mix each clip with the batch's reversed order: mixup (blend) or cutmix (paste a box).
+    """Mix each clip with another of the batch: mixup (blend) or cutmix (paste a box).
 
-    The same box or blend covers every frame of a clip. Randomness comes from torch's global
-    generator (seeded by the training loop). With both alphas > 0, cutmix is chosen with
-    probability ``switch_prob``.
+    torchvision's ``transforms.v2.MixUp`` / ``CutMix`` do the mixing, on the batch as a video:
+    the same blend or box covers every frame of a clip. Their maths is the reference's (timm's
+    mixup as Side4Video's ``utils/mixup.py`` uses it: ``lam ~ Beta(alpha, alpha)``, a box of side
+    ``sqrt(1 - lam)`` around a uniform centre, clipped at the borders, ``lam`` corrected to the
+    pasted area; ``tests/recognition/test_losses.py`` checks it) except the partner: clip ``i``
+    mixes with clip ``i - 1`` (the batch rolled by one) rather than with the reversed batch, so
+    no clip of an odd batch is mixed with itself. Label smoothing is linear in the target, so
+    smoothing the mixed one-hot targets equals mixing smoothed ones, as the reference does.
+    Randomness comes from torch's global generator (seeded by the training loop). With both
+    alphas > 0, cutmix is chosen with probability ``switch_prob``.
 
     Args:
         clips: (B, T, 3, H, W).
@@ -69,17 +65,17 @@ def mix_clips(
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         raise ValueError("mix_clips needs mixup_alpha > 0 or cutmix_alpha > 0")
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(()).item() < switch_prob)
-    alpha = cutmix_alpha if use_cutmix else mixup_alpha
-    lam = float(torch.distributions.Beta(alpha, alpha).sample().item())
-    partner = clips.flip(0)
-    if use_cutmix:
-        top, bottom, left, right = _cutmix_box(clips.shape[-2], clips.shape[-1], lam)
-        mixed = clips.clone()
-        mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
-        # The pasted area decides the real mixing weight (the box is clipped at the borders).
-        lam = 1.0 - (bottom - top) * (right - left) / (clips.shape[-2] * clips.shape[-1])
+    if mixup_alpha <= 0:
+        mixer = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)
+    elif cutmix_alpha <= 0:
+        mixer = v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)
     else:
-        mixed = clips * lam + partner * (1.0 - lam)
-    targets = smoothed_targets(labels, num_classes, smoothing)
-    return mixed, targets * lam + targets.flip(0) * (1.0 - lam)
+        mixer = v2.RandomChoice(
+            [
+                v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes),
+                v2.MixUp(alpha=mixup_alpha, num_classes=num_classes),
+            ],
+            p=[switch_prob, 1.0 - switch_prob],
+        )
+    mixed, targets = mixer(tv_tensors.Video(clips), labels)
+    return mixed.as_subclass(Tensor), targets * (1.0 - smoothing) + smoothing / num_classes
