@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -353,11 +354,8 @@ def run_gpu_tests(root: Path, *, dry_run: bool, timeout: int = 300) -> dict:
 
 
 def _has_xdist() -> bool:
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether pytest-xdist (a dev dependency) is installed: its ``-n 0`` then runs in-process."""
+    return importlib.util.find_spec("xdist") is not None
 
 
 # --- the report -----------------------------------------------------------------------------
