@@ -1,6 +1,6 @@
 """Building the frozen image towers: an open_clip CLIP with its weights, then its frozen wrapper.
 
-Side4Video (arXiv 2311.15769, Sec. 3.2; reference github.com/HJYao00/Side4Video @ 5d72352,
+Side4Video (arXiv 2311.15769; reference github.com/HJYao00/Side4Video @ 5d72352,
 ``Recognition/clip/model.py``) runs a CLIP image tower frozen beside a trainable side network.
 :func:`create_clip` builds the open_clip model and loads its weights; :func:`build_backbone` wraps
 its image tower as a :class:`~s4v_core.backbone_vit.FrozenViT` (CLIP ViT) or a

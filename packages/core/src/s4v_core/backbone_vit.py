@@ -1,6 +1,6 @@
 """The frozen CLIP ViT: open_clip's ``VisionTransformer``, read block by block without autograd.
 
-Side4Video (arXiv 2311.15769, Sec. 3.2) runs a CLIP ViT frozen beside a trainable side network. The
+Side4Video (arXiv 2311.15769) runs a CLIP ViT frozen beside a trainable side network. The
 reference (github.com/HJYao00/Side4Video @ 5d72352, ``Recognition/clip/model.py``,
 ``VisualTransformer``) vendors a modified CLIP; here the backbone is an unmodified open_clip
 ``VisionTransformer`` whose maths is the same (conv patch embedding, class token, positional

@@ -1,11 +1,16 @@
-"""The Side4Video spatial-temporal side network (recognition variant).
+"""The Side4Video recognition model: a frozen CLIP ViT and the side network beside it.
 
-Paper: Side4Video, arXiv 2311.15769. Reference: github.com/HJYao00/Side4Video @ 5d72352,
-``Recognition/clip/model.py`` (``VisualTransformer``, ``Transformer``, ``AttnCBlock``). The maths
-follows the reference; the layout does not: tokens are batch-first ``(B*T, N, C)`` with the frames of
-one video adjacent and channels last, so every BatchNorm3d, 1x1x1 conv and attention runs without
-a transpose or copy (a BatchNorm3d over ``(B, C, T, h, w)`` is a BatchNorm over the ``B*T*h*w`` token
-rows; a 1x1x1 conv is a Linear over channels).
+Paper: Side4Video, arXiv 2311.15769 (the side network of its framework figure; parameter and
+memory counts of its Table 2). Reference: github.com/HJYao00/Side4Video @ 5d72352,
+``Recognition/clip/model.py`` (``VisualTransformer``: stem and post-norm; ``Transformer``: the
+per-layer taps and fusion; ``AttnCBlock``: the side block) and ``Recognition/train_vision.py``
+(``VideoCLIP``). Read top to bottom: the config, the small blocks, :class:`SideNetwork` (whose
+``forward`` is the whole loop) and :class:`SideVideoEncoder`, which runs the frozen backbone and the
+side network together. The maths follows the reference; the layout does not: tokens are
+batch-first ``(B*T, N, C)`` with the frames of one video adjacent and channels last, so every
+BatchNorm3d, 1x1x1 conv and attention runs without a transpose or copy (a BatchNorm3d over
+``(B, C, T, h, w)`` is a BatchNorm over the ``B*T*h*w`` token rows; a 1x1x1 conv is a Linear over
+channels).
 
 Per frame, per backbone layer ``i`` that has a side block (reference: all of them):
 
@@ -16,18 +21,25 @@ Per frame, per backbone layer ``i`` that has a side block (reference: all of the
 starting from a 3-D conv stem on the pixels and ending with a BatchNorm and mean pooling over
 frames and patches. The backbone never reads the side branch, so no gradient reaches it.
 
-Initialisation is what the reference *executes* (spec section 1.6), including its quirks, so that
-training from scratch matches it: side Linear taps and temporal convs keep PyTorch's default init;
-attention and MLP weights are normal with std ``C**-0.5``, ``(2C)**-0.5`` and, for the output
-projections, ``C**-0.5 * 24**-0.5`` (the reference hard-codes 2 x 12 layers whatever the depth).
+Initialisation is what the reference *executes* (``CLIP.initialize_parameters`` and
+``AttnCBlock``'s init loop in ``Recognition/clip/model.py``), including its quirks, so that training
+from scratch matches it: side Linear taps and temporal convs keep PyTorch's default init (the
+reference's intended init hits the text tower's unused side modules and names convs that do not
+exist); attention and MLP weights are normal with std ``C**-0.5``, ``(2C)**-0.5`` and, for the
+output projections, ``C**-0.5 * 24**-0.5`` (the reference hard-codes 2 x 12 layers whatever the
+depth).
+
+The EVA variant (``Recognition/eva_clip/eva_vit_model.py``) is :mod:`s4v_core.side_eva`, the
+retrieval variant (``Retrieval/modules/module_clip.py``) :mod:`s4v_core.side_retrieval`; both reuse
+this file's blocks where the maths is the same.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +48,7 @@ from torch import nn
 
 from s4v_core.fused import gelu_mlp, layer_norm_linear, temporal_taps
 from s4v_core.recompute import recompute
+from s4v_core.tower import FrozenTower
 
 # The reference scales output projections by (2 * layers) ** -0.5 with layers fixed at 12.
 _REFERENCE_PROJ_DEPTH = 24
@@ -239,26 +252,13 @@ class SideMlp(nn.Module):
         return gelu_mlp(self.norm(x), self.fc1, self.fc2)
 
 
-class ResidualSideBlock(nn.Module):
-    """The order every side block variant runs its three residual branches in.
+class SideBlock(nn.Module):
+    """One side block (``AttnCBlock``): temporal conv, class-token attention and MLP, each residual.
 
-    A subclass sets ``num_frames`` and the ``temporal``, ``attn`` and ``mlp`` branches.
+    Args:
+        config: side width C, head width and MLP ratio.
+        num_frames: T; the temporal conv and the class-token shift need to know where videos start.
     """
-
-    num_frames: int
-    temporal: nn.Module
-    attn: nn.Module
-    mlp: nn.Module
-
-    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos -> ``(B*T, N, C)``."""
-        x = x + self.temporal(x, self.num_frames)
-        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
-        return x + self.mlp(x)
-
-
-class SideBlock(ResidualSideBlock):
-    """One side block: temporal conv, class-token attention and MLP, each a residual branch."""
 
     def __init__(self, config: SideNetworkConfig, num_frames: int) -> None:
         super().__init__()
@@ -275,60 +275,18 @@ class SideBlock(ResidualSideBlock):
         nn.init.normal_(self.mlp.fc1.weight, std=(2 * c) ** -0.5)
         nn.init.normal_(self.mlp.fc2.weight, std=proj_std)
 
-
-class _SideLayers(Protocol):
-    side_layers: tuple[int, ...]
-    taps: nn.ModuleList
-    blocks: nn.ModuleList
-    pos_embed: nn.Parameter
-    grad_checkpointing: bool
+    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos ``(N, C)`` -> ``(B*T, N, C)``."""
+        x = x + self.temporal(x, self.num_frames)
+        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
+        return x + self.mlp(x)
 
 
-def run_side_layers(
-    side: _SideLayers,
-    x: torch.Tensor,
-    layer_tokens: Iterable[torch.Tensor],
-    *,
-    recompute_taps: bool = False,
-) -> torch.Tensor:
-    """Fuse each tapped backbone layer into the side stream and run its side block.
+class SideNetwork(nn.Module):
+    """The side network: pixels and per-layer backbone tokens -> one C-dim feature per video.
 
-    The loop every side network variant shares: for each backbone layer in ``side.side_layers``,
-    ``y = tap(tokens)``, ``x = 0.5 x + 0.5 y[:, 1:]``, then the block with ``y``'s class token.
-
-    Args:
-        side: the network whose ``taps``, ``blocks``, ``pos_embed`` and ``side_layers`` run.
-        x: side tokens from the stem ``(B*T, N, C)``.
-        layer_tokens: the backbone's tokens after each block ``(B*T, 1+N, D)``, consumed lazily.
-        recompute_taps: recompute the taps in backward instead of keeping their inputs' norms.
-
-    Returns:
-        The side tokens after the last side block ``(B*T, N, C)``.
-    """
-    slot = {layer: i for i, layer in enumerate(side.side_layers)}
-    for layer, tokens in enumerate(layer_tokens):
-        if layer not in slot:
-            continue
-        i = slot[layer]
-        tap = side.taps[i]
-        y = recompute(tap, tokens) if recompute_taps else tap(tokens)  # (B*T, 1+N, C)
-        x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
-        # A copy, so that what the block keeps for backward does not pin all of y.
-        cls = y[:, :1].contiguous()  # (B*T, 1, C)
-        if side.grad_checkpointing:
-            x = recompute(side.blocks[i], x, cls, side.pos_embed)
-        else:
-            x = side.blocks[i](x, cls, side.pos_embed)
-    return x
-
-
-class SideTrunk(nn.Module):
-    """The parts every side network variant has, built in one order (so seeded inits agree).
-
-    A 3-D conv stem, a side position embedding (N(0, ``pos_std``^2); one row per patch, plus one
-    for the class token if ``class_token_row``), one ``tap`` and one ``block`` per side layer and,
-    if ``post_norm``, a final BatchNorm; :func:`run_side_layers` runs them. A variant states its
-    parts as these class attributes and overrides :meth:`init_tap` if its taps start otherwise.
+    A 3-D conv stem, a side position embedding (N rows, N(0, 0.01^2)), one tap and one
+    :class:`SideBlock` per side layer, a final BatchNorm and mean pooling.
 
     Args:
         config: side width, heads, which layers get blocks, checkpointing.
@@ -338,12 +296,6 @@ class SideTrunk(nn.Module):
         grid: the backbone's patch grid (h, w); N = h * w.
         num_frames: T; the temporal conv and class-token shift need to know where videos start.
     """
-
-    block: Callable[[SideNetworkConfig, int], nn.Module]  # block(config, T): one side block
-    tap: Callable[[int, int], nn.Module] = SideTap  # tap(D, C): LayerNorm(D) then Linear(D -> C)
-    class_token_row: bool = False
-    pos_std: float = 0.01
-    post_norm_layer: bool = True
 
     def __init__(
         self,
@@ -362,18 +314,14 @@ class SideTrunk(nn.Module):
         self.side_layers = config.layers(num_layers)
         self.grad_checkpointing = config.grad_checkpointing
         c = config.side_dim
+        # Built in this order (stem, position, taps, blocks): the seeded initialisation depends on it.
         self.stem = SideStem(c, patch_size)
-        rows = grid[0] * grid[1] + (1 if self.class_token_row else 0)
-        self.pos_embed = nn.Parameter(torch.empty(rows, c))
-        nn.init.normal_(self.pos_embed, std=self.pos_std)
-        self.taps = nn.ModuleList(type(self).tap(backbone_width, c) for _ in self.side_layers)
-        for tap in self.taps:
-            self.init_tap(tap)
-        self.blocks = nn.ModuleList(type(self).block(config, num_frames) for _ in self.side_layers)
-        self.post_norm = TokenBatchNorm(c) if self.post_norm_layer else None
-
-    def init_tap(self, tap: nn.Module) -> None:
-        """Re-initialise a tap once all taps exist; PyTorch's default init stays by default."""
+        self.pos_embed = nn.Parameter(torch.empty(grid[0] * grid[1], c))  # (N, C)
+        nn.init.normal_(self.pos_embed, std=0.01)
+        self.taps = nn.ModuleList(SideTap(backbone_width, c) for _ in self.side_layers)
+        self.blocks = nn.ModuleList(SideBlock(config, num_frames) for _ in self.side_layers)
+        self.post_norm = TokenBatchNorm(c)
+        self.block_of_layer = {layer: i for i, layer in enumerate(self.side_layers)}
 
     @property
     def out_dim(self) -> int:
@@ -381,15 +329,6 @@ class SideTrunk(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-
-class SideNetwork(SideTrunk):
-    """The side network: pixels and per-layer backbone tokens -> one C-dim feature per video.
-
-    Constructor arguments are :class:`SideTrunk`'s.
-    """
-
-    block = SideBlock
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Video features.
@@ -405,6 +344,46 @@ class SideNetwork(SideTrunk):
         if frames.shape[1] != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
         x = self.stem(frames)  # (B*T, N, C)
-        x = run_side_layers(self, x, layer_tokens)
+        for layer, tokens in enumerate(layer_tokens):
+            i = self.block_of_layer.get(layer)
+            if i is None:
+                continue  # no side block after this backbone layer
+            y = self.taps[i](tokens)  # (B*T, 1+N, C)
+            x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
+            # A copy, so that what the block keeps for backward does not pin all of y.
+            cls = y[:, :1].contiguous()  # (B*T, 1, C)
+            if self.grad_checkpointing:
+                x = recompute(self.blocks[i], x, cls, self.pos_embed)
+            else:
+                x = self.blocks[i](x, cls, self.pos_embed)
         x = self.post_norm(x)
         return rearrange(x, "(b t) n c -> b (t n) c", t=self.num_frames).mean(dim=1)
+
+
+class SideVideoEncoder(nn.Module):
+    """Frozen backbone + side network: frames ``(B, T, 3, H, W)`` -> features ``(B, C)``.
+
+    The reference's ``VisualTransformer.forward``: the backbone's blocks run one at a time (without
+    autograd) and the side network consumes each layer's tokens as they come, so only one layer's
+    backbone tokens need to be alive.
+
+    Args:
+        backbone: the frozen image tower (:class:`~s4v_core.backbone_vit.FrozenViT` or
+            :class:`~s4v_core.backbone_eva.FrozenEVA`).
+        side: a side network built for that tower (:class:`SideNetwork` or
+            :class:`~s4v_core.side_eva.EvaSideNetwork`).
+    """
+
+    def __init__(self, backbone: FrozenTower, side: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.side = side
+        self.out_dim = side.out_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.side.set_grad_checkpointing(enable)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, C)`` for CLIP-normalised frames ``(B, T, 3, H, W)``."""
+        images = rearrange(frames, "b t c h w -> (b t) c h w")
+        return self.side(frames, self.backbone.iter_blocks(images))

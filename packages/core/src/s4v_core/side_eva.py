@@ -1,9 +1,11 @@
 """The Side4Video side network of the EVA-CLIP variant (ViT-E/14, "EVA02-CLIP-bigE-14").
 
-Paper: Side4Video, arXiv 2311.15769. Reference: github.com/HJYao00/Side4Video @ 5d72352,
-``Recognition/eva_clip/eva_vit_model.py`` (spec section 1.8; the CLIP-path network it differs from
-is :mod:`s4v_core.side`, spec sections 1.3-1.4). Per backbone layer ``i`` in ``side_layers`` (the
-reference: the odd layers 1, 3, ..., 63 of the 64-layer E/14, ``side_layers="odd"``):
+Paper: Side4Video, arXiv 2311.15769 (its ViT-E/14 results, Table 4). Reference:
+github.com/HJYao00/Side4Video @ 5d72352, ``Recognition/eva_clip/eva_vit_model.py`` (the side
+modules of its EVA ``VisionTransformer`` and its ``AttnCBlock``; the CLIP-path network it differs
+from is :mod:`s4v_core.side`, ``Recognition/clip/model.py``). Per backbone layer ``i`` in
+``side_layers`` (the reference: the odd layers 1, 3, ..., 63 of the 64-layer E/14,
+``side_layers="odd"``):
 
     y = LayerNorm_i(Linear_i(backbone_tokens_i))         # (B*T, 1+N, D) -> (B*T, 1+N, C)
     x = 0.5 * x + 0.5 * y[:, 1:]                          # fixed fusion on patch tokens
@@ -17,11 +19,10 @@ project before they normalise (so nothing D-wide but the backbone's own tokens i
 backward), the blocks normalise each branch's output instead of its input, attention has separate
 q/k/v projections and no LayerNorm in front, and the position embedding starts at N(0, 0.02^2).
 Everything else keeps PyTorch's default initialisation: the reference's name-based init loop
-matches none of its side modules (spec 1.8).
+matches none of its side modules (its ``mlp`` is a ``Sequential``).
 
 Reused from :mod:`s4v_core.side` because the maths is the same: :class:`SideStem`,
-:class:`DepthwiseTemporalConv`, :class:`TokenBatchNorm`, :func:`shift_class_tokens`,
-:func:`run_side_layers` (the tap / fuse / block loop, with block-level recomputation) and
+:class:`DepthwiseTemporalConv`, :class:`TokenBatchNorm`, :func:`shift_class_tokens` and
 :class:`SideNetworkConfig` (width, heads, MLP ratio, ``side_layers``, ``grad_checkpointing``).
 
 Deviations from the reference, all with the same maths unless stated:
@@ -33,7 +34,8 @@ Deviations from the reference, all with the same maths unless stated:
   with :func:`s4v_core.recompute.recompute` (same gradients; it keeps only the block's inputs, so
   less than three separate checkpoints, and BatchNorm statistics are not updated twice).
 * The reference runs the side network only when its ``grad_checkpointing`` flag is set and else
-  pools the stem output (spec 6.11); here the flag only switches recomputation.
+  pools the stem output (``VisionTransformer.forward_features``); here the flag only switches
+  recomputation.
 * Backbone tokens may come in a lower precision than the side weights (a bf16 backbone): under
   autocast the tap's Linear takes them as they are; outside autocast they are cast to the weights'
   dtype for the product, while backward keeps the tokens as given (a bf16 tensor, not an fp32 copy).
@@ -49,13 +51,13 @@ from einops import rearrange
 from torch import nn
 
 from s4v_core.fused import gelu_mlp
+from s4v_core.recompute import recompute
 from s4v_core.side import (
     DepthwiseTemporalConv,
-    ResidualSideBlock,
     SideNetworkConfig,
-    SideTrunk,
+    SideStem,
     TokenBatchNorm,
-    run_side_layers,
+    shift_class_tokens,
 )
 
 _POS_EMBED_STD = 0.02  # the EVA path's side position embedding init (the CLIP path: 0.01)
@@ -173,8 +175,13 @@ class EvaSideMlp(nn.Module):
         return self.norm(gelu_mlp(x, self.fc1, self.fc2))
 
 
-class EvaSideBlock(ResidualSideBlock):
-    """One post-norm side block: temporal conv, class-token attention, MLP, each residual."""
+class EvaSideBlock(nn.Module):
+    """One post-norm side block: temporal conv, class-token attention, MLP, each residual.
+
+    Args:
+        config: side width C, head width and MLP ratio.
+        num_frames: T; the temporal conv and the class-token shift need to know where videos start.
+    """
 
     def __init__(self, config: SideNetworkConfig, num_frames: int) -> None:
         super().__init__()
@@ -184,23 +191,62 @@ class EvaSideBlock(ResidualSideBlock):
         self.attn = EvaSideAttention(c, config.head_dim)
         self.mlp = EvaSideMlp(c, config.mlp_ratio * c)
 
+    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos ``(N, C)`` -> ``(B*T, N, C)``."""
+        x = x + self.temporal(x, self.num_frames)
+        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
+        return x + self.mlp(x)
 
-class EvaSideNetwork(SideTrunk):
+
+class EvaSideNetwork(nn.Module):
     """The EVA-path side network: pixels and per-layer backbone tokens -> one C-dim feature per video.
 
-    Same interface as :class:`s4v_core.side.SideNetwork`, so
-    ``s4v_core.assembly.side_network_on(EvaSideNetwork, config, backbone, num_frames=T)`` builds
-    it. For the reference's layout pass ``config.side_layers="odd"``;
-    ``side_layers=None`` means every layer, as everywhere else.
+    The stem of the CLIP path, a side position embedding (N rows, N(0, 0.02^2)), one
+    :class:`EvaSideTap` and one :class:`EvaSideBlock` per side layer, and mean pooling without a
+    final BatchNorm (the reference's EVA path has no ``side_post_bn``). Same constructor and
+    interface as :class:`s4v_core.side.SideNetwork`; for the reference's layout pass
+    ``config.side_layers="odd"`` (``None`` means every layer, as everywhere else).
 
-    Constructor arguments are :class:`~s4v_core.side.SideTrunk`'s (D = 1792 and L = 64 for
-    ViT-E/14).
+    Args:
+        config: side width, heads, which layers get blocks, checkpointing.
+        backbone_width: D, the backbone's token width (1792 for ViT-E/14).
+        num_layers: L, the backbone's depth (64 for ViT-E/14).
+        patch_size: the backbone's patch size p (the stem uses the same patch grid).
+        grid: the backbone's patch grid (h, w); N = h * w.
+        num_frames: T; the temporal conv and class-token shift need to know where videos start.
     """
 
-    block = EvaSideBlock
-    tap = EvaSideTap
-    pos_std = _POS_EMBED_STD
-    post_norm_layer = False  # the reference's EVA path has no side_post_bn
+    def __init__(
+        self,
+        config: SideNetworkConfig,
+        *,
+        backbone_width: int,
+        num_layers: int,
+        patch_size: int,
+        grid: tuple[int, int],
+        num_frames: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_frames = num_frames
+        self.num_layers = num_layers
+        self.side_layers = config.layers(num_layers)
+        self.grad_checkpointing = config.grad_checkpointing
+        c = config.side_dim
+        # Built in this order (stem, position, taps, blocks): the seeded initialisation depends on it.
+        self.stem = SideStem(c, patch_size)
+        self.pos_embed = nn.Parameter(torch.empty(grid[0] * grid[1], c))  # (N, C)
+        nn.init.normal_(self.pos_embed, std=_POS_EMBED_STD)
+        self.taps = nn.ModuleList(EvaSideTap(backbone_width, c) for _ in self.side_layers)
+        self.blocks = nn.ModuleList(EvaSideBlock(config, num_frames) for _ in self.side_layers)
+        self.block_of_layer = {layer: i for i, layer in enumerate(self.side_layers)}
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.side_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Video features.
@@ -217,5 +263,16 @@ class EvaSideNetwork(SideTrunk):
         if frames.shape[1] != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
         x = self.stem(frames)  # (B*T, N, C)
-        x = run_side_layers(self, x, layer_tokens)
+        for layer, tokens in enumerate(layer_tokens):
+            i = self.block_of_layer.get(layer)
+            if i is None:
+                continue  # the reference's EVA path taps the odd layers only
+            y = self.taps[i](tokens)  # (B*T, 1+N, C)
+            x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
+            # A copy, so that what the block keeps for backward does not pin all of y.
+            cls = y[:, :1].contiguous()  # (B*T, 1, C)
+            if self.grad_checkpointing:
+                x = recompute(self.blocks[i], x, cls, self.pos_embed)
+            else:
+                x = self.blocks[i](x, cls, self.pos_embed)
         return rearrange(x, "(b t) n c -> b (t n) c", t=self.num_frames).mean(dim=1)

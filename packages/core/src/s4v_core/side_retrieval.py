@@ -1,7 +1,9 @@
 """The Side4Video side network, retrieval variant, and the video tower it corrects.
 
-Paper: Side4Video, arXiv 2311.15769. Reference: github.com/HJYao00/Side4Video @ 5d72352,
-``Retrieval/modules/module_clip.py`` (spec section 4.1). The stem, the per-layer taps
+Paper: Side4Video, arXiv 2311.15769 (text-video retrieval; memory in its Table 3). Reference:
+github.com/HJYao00/Side4Video @ 5d72352, ``Retrieval/modules/module_clip.py`` (the side network
+inside the CLIP ``VisualTransformer``) and ``Retrieval/modules/modeling.py`` (``CLIP4Clip``,
+whose init applies). The stem, the per-layer taps
 (LayerNorm over D, Linear D -> C), the 0.5/0.5 fusion, the temporal conv and the BatchNorm-MLP are
 those of the recognition network (:mod:`s4v_core.side`, reused here); what differs:
 
@@ -14,7 +16,7 @@ those of the recognition network (:mod:`s4v_core.side`, reused here); what diffe
   ``(B, T, C)``, projected by ``side_proj`` (C x D, **zero-initialised**) and added to the backbone's
   per-frame class token before its ``ln_post`` and ``proj``. At initialisation the video tower
   therefore returns exactly the plain CLIP frame embeddings.
-* **Initialisation** is CLIP4Clip's (spec 4.1): every Linear N(0, 0.02^2) with zero bias (taps, MLP,
+* **Initialisation** is CLIP4Clip's (``CLIP4Clip.__init__``): every Linear N(0, 0.02^2) with zero bias (taps, MLP,
   attention output), attention input projection N(0, C^-1), 1x1x1 temporal convs N(0, 0.02^2),
   depth-wise temporal conv N(0, C^-1), position embedding N(0, 0.01^2).
 """
@@ -28,15 +30,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from s4v_core.assembly import side_network_on
 from s4v_core.backbone_vit import FrozenViT
+from s4v_core.recompute import recompute
 from s4v_core.side import (
-    ResidualSideBlock,
     SideMlp,
     SideNetworkConfig,
-    SideTrunk,
+    SideStem,
+    SideTap,
     TemporalConv,
-    run_side_layers,
+    TokenBatchNorm,
+    shift_class_tokens,
 )
 from s4v_core.side_eva import EvaSideNetwork
 
@@ -73,8 +76,13 @@ class RetrievalSideAttention(nn.Module):
         return self.out_proj(rearrange(out, "m h n d -> m n (h d)"))
 
 
-class RetrievalSideBlock(ResidualSideBlock):
-    """Temporal conv, class-token attention and MLP, each a residual branch on the patch tokens."""
+class RetrievalSideBlock(nn.Module):
+    """Temporal conv, class-token attention and MLP, each a residual branch on the patch tokens.
+
+    Args:
+        config: side width C, head width and MLP ratio.
+        num_frames: T; the temporal conv and the class-token shift need to know where videos start.
+    """
 
     def __init__(self, config: SideNetworkConfig, num_frames: int) -> None:
         super().__init__()
@@ -89,18 +97,66 @@ class RetrievalSideBlock(ResidualSideBlock):
         _bert_init(self.mlp.fc1)
         _bert_init(self.mlp.fc2)
 
+    def forward(self, x: torch.Tensor, cls: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x ``(B*T, N, C)``, class tokens ``(B*T, 1, C)``, pos ``(1+N, C)`` -> ``(B*T, N, C)``."""
+        x = x + self.temporal(x, self.num_frames)
+        x = x + self.attn(x, shift_class_tokens(cls, self.num_frames), pos)
+        return x + self.mlp(x)
 
-class RetrievalSideNetwork(SideTrunk):
+
+class RetrievalSideNetwork(nn.Module):
     """Pixels and per-layer backbone tokens -> one C-dim side feature per frame ``(B, T, C)``.
 
-    Constructor arguments are :class:`~s4v_core.side.SideTrunk`'s.
+    The recognition network's stem and taps, a side position embedding with a row for the class
+    token too (1+N rows, N(0, 0.01^2)), one :class:`RetrievalSideBlock` per side layer, a final
+    BatchNorm and mean pooling over each frame's patches.
+
+    Args:
+        config: side width, heads, which layers get blocks, checkpointing.
+        backbone_width: D, the backbone's token width.
+        num_layers: L, the backbone's depth.
+        patch_size: the backbone's patch size p (the stem uses the same patch grid).
+        grid: the backbone's patch grid (h, w); N = h * w.
+        num_frames: T; the temporal conv and class-token shift need to know where videos start.
     """
 
-    block = RetrievalSideBlock
-    class_token_row = True  # the position embedding has a row for the class token too
+    def __init__(
+        self,
+        config: SideNetworkConfig,
+        *,
+        backbone_width: int,
+        num_layers: int,
+        patch_size: int,
+        grid: tuple[int, int],
+        num_frames: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_frames = num_frames
+        self.num_layers = num_layers
+        self.side_layers = config.layers(num_layers)
+        self.grad_checkpointing = config.grad_checkpointing
+        c = config.side_dim
+        # Built in this order (stem, position, taps, their init, blocks): the seeded init depends
+        # on it.
+        self.stem = SideStem(c, patch_size)
+        self.pos_embed = nn.Parameter(torch.empty(grid[0] * grid[1] + 1, c))  # (1+N, C)
+        nn.init.normal_(self.pos_embed, std=0.01)
+        self.taps = nn.ModuleList(SideTap(backbone_width, c) for _ in self.side_layers)
+        for tap in self.taps:
+            _bert_init(tap.proj)
+        self.blocks = nn.ModuleList(
+            RetrievalSideBlock(config, num_frames) for _ in self.side_layers
+        )
+        self.post_norm = TokenBatchNorm(c)
+        self.block_of_layer = {layer: i for i, layer in enumerate(self.side_layers)}
 
-    def init_tap(self, tap: nn.Module) -> None:
-        _bert_init(tap.proj)
+    @property
+    def out_dim(self) -> int:
+        return self.config.side_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
         """Per-frame side features.
@@ -115,7 +171,83 @@ class RetrievalSideNetwork(SideTrunk):
         if frames.shape[1] != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
         x = self.stem(frames)  # (B*T, N, C)
-        x = run_side_layers(self, x, layer_tokens, recompute_taps=True)
+        for layer, tokens in enumerate(layer_tokens):
+            i = self.block_of_layer.get(layer)
+            if i is None:
+                continue  # no side block after this backbone layer
+            # Recomputed in backward, which keeps only the backbone tokens the tap read.
+            y = recompute(self.taps[i], tokens)  # (B*T, 1+N, C)
+            x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
+            # A copy, so that what the block keeps for backward does not pin all of y.
+            cls = y[:, :1].contiguous()  # (B*T, 1, C)
+            if self.grad_checkpointing:
+                x = recompute(self.blocks[i], x, cls, self.pos_embed)
+            else:
+                x = self.blocks[i](x, cls, self.pos_embed)
+        x = self.post_norm(x)
+        return rearrange(x, "(b t) n c -> b t n c", t=self.num_frames).mean(dim=2)
+
+
+class RetrievalEvaSideNetwork(EvaSideNetwork):
+    """The retrieval side network of the reference's EVA variant: per-frame side features.
+
+    ``Retrieval/eva_clip/eva_vit_model.py`` (github.com/HJYao00/Side4Video @ 5d72352) is the
+    recognition EVA network (:class:`~s4v_core.side_eva.EvaSideNetwork`: post-norm blocks with
+    separate q/k/v, taps Linear(D -> C) then LayerNorm(C), an N-row position embedding, side
+    layers after the odd backbone layers) plus a final BatchNorm3d (``side_post_bn``); its output
+    is averaged over space per frame, ``(B, T, C)``, for :class:`RetrievalVideoTower`'s
+    ``side_proj``. Initialisation stays PyTorch's default, as there (that file's model is not
+    CLIP4Clip's, so no BERT init is applied to it).
+
+    Constructor arguments are :class:`~s4v_core.side_eva.EvaSideNetwork`'s.
+    """
+
+    def __init__(
+        self,
+        config: SideNetworkConfig,
+        *,
+        backbone_width: int,
+        num_layers: int,
+        patch_size: int,
+        grid: tuple[int, int],
+        num_frames: int,
+    ) -> None:
+        super().__init__(
+            config,
+            backbone_width=backbone_width,
+            num_layers=num_layers,
+            patch_size=patch_size,
+            grid=grid,
+            num_frames=num_frames,
+        )
+        self.post_norm = TokenBatchNorm(config.side_dim)  # side_post_bn
+
+    def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Per-frame side features.
+
+        Args:
+            frames: normalised frames ``(B, T, 3, H, W)``.
+            layer_tokens: the backbone's tokens after each block, ``(B*T, 1+N, D)`` each, in order,
+                in any floating dtype.
+
+        Returns:
+            ``(B, T, C)``: the side tokens after the final BatchNorm, averaged over each frame.
+        """
+        if frames.shape[1] != self.num_frames:
+            raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
+        x = self.stem(frames)  # (B*T, N, C)
+        for layer, tokens in enumerate(layer_tokens):
+            i = self.block_of_layer.get(layer)
+            if i is None:
+                continue  # the reference's EVA path taps the odd layers only
+            y = self.taps[i](tokens)  # (B*T, 1+N, C)
+            x = (x + y[:, 1:]).mul_(0.5)  # bitwise 0.5 * x + 0.5 * y (halving is exact)
+            # A copy, so that what the block keeps for backward does not pin all of y.
+            cls = y[:, :1].contiguous()  # (B*T, 1, C)
+            if self.grad_checkpointing:
+                x = recompute(self.blocks[i], x, cls, self.pos_embed)
+            else:
+                x = self.blocks[i](x, cls, self.pos_embed)
         x = self.post_norm(x)
         return rearrange(x, "(b t) n c -> b t n c", t=self.num_frames).mean(dim=2)
 
@@ -171,30 +303,6 @@ class RetrievalVideoTower(nn.Module):
         return rearrange(embeddings, "(b t) e -> b t e", t=num_frames)
 
 
-class RetrievalEvaSideNetwork(EvaSideNetwork):
-    """The retrieval side network of the reference's EVA variant: per-frame side features.
-
-    ``Retrieval/eva_clip/eva_vit_model.py`` (github.com/HJYao00/Side4Video @ 5d72352) is the
-    recognition EVA network (:class:`~s4v_core.side_eva.EvaSideNetwork`: post-norm blocks with
-    separate q/k/v, taps Linear(D -> C) then LayerNorm(C), an N-row position embedding, side
-    layers after the odd backbone layers) plus a final BatchNorm3d (``side_post_bn``); its output
-    is averaged over space per frame, ``(B, T, C)``, for :class:`RetrievalVideoTower`'s
-    ``side_proj``. Initialisation stays PyTorch's default, as there (that file's model is not
-    CLIP4Clip's, so no BERT init is applied to it).
-    """
-
-    post_norm_layer = True  # side_post_bn
-
-    def forward(self, frames: torch.Tensor, layer_tokens: Iterable[torch.Tensor]) -> torch.Tensor:
-        """``(B, T, C)``: the side tokens after the final BatchNorm, averaged over each frame."""
-        if frames.shape[1] != self.num_frames:
-            raise ValueError(f"expected {self.num_frames} frames, got frames {tuple(frames.shape)}")
-        x = self.stem(frames)  # (B*T, N, C)
-        x = run_side_layers(self, x, layer_tokens)
-        x = self.post_norm(x)
-        return rearrange(x, "(b t) n c -> b t n c", t=self.num_frames).mean(dim=2)
-
-
 # The retrieval side networks by the reference file they follow (a preset's ``side_network``).
 RETRIEVAL_SIDE_NETWORKS = {"clip": RetrievalSideNetwork, "eva": RetrievalEvaSideNetwork}
 
@@ -213,6 +321,12 @@ def build_retrieval_video_tower(
     """
     side = None
     if config is not None:
-        cls = RETRIEVAL_SIDE_NETWORKS[network]
-        side = side_network_on(cls, config, backbone, num_frames=num_frames)
+        side = RETRIEVAL_SIDE_NETWORKS[network](
+            config,
+            backbone_width=backbone.width,
+            num_layers=backbone.num_layers,
+            patch_size=backbone.patch_size,
+            grid=backbone.grid,
+            num_frames=num_frames,
+        )
     return RetrievalVideoTower(backbone, side)

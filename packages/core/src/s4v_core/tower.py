@@ -1,6 +1,6 @@
 """What every frozen image tower offers the side networks: tokens after each block, no autograd.
 
-Side4Video (arXiv 2311.15769, Sec. 3) runs a frozen image encoder beside a trainable side network
+Side4Video (arXiv 2311.15769) runs a frozen image encoder beside a trainable side network
 that reads the tokens after every encoder layer. :class:`FrozenTower` is that narrow interface; the
 CLIP ViT (:class:`s4v_core.backbone_vit.FrozenViT`) and the EVA-02 tower
 (:class:`s4v_core.backbone_eva.FrozenEVA`) implement it, so every side network and method runs on

@@ -27,27 +27,10 @@ from s4v_core.methods.aim import AIMConfig, AIMEncoder
 from s4v_core.methods.dist import DiSTConfig, DiSTEncoder
 from s4v_core.methods.evl import EVLConfig, EVLEncoder
 from s4v_core.methods.st_adapter import STAdapterConfig, STAdapterEncoder
-from s4v_core.side import SideNetwork, SideNetworkConfig
+from s4v_core.side import SideNetwork, SideNetworkConfig, SideVideoEncoder
 from s4v_core.side_eva import EvaSideNetwork
 from s4v_core.tower import FrozenTower
 from s4v_recognition.config import Built, RecognitionPreset
-
-
-class SideVideoEncoder(nn.Module):
-    """Frozen backbone + side network: frames ``(B, T, 3, H, W)`` -> features ``(B, C)``."""
-
-    def __init__(self, backbone: FrozenTower, side: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.side = side
-        self.out_dim = side.out_dim
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.side.set_grad_checkpointing(enable)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        images = rearrange(frames, "b t c h w -> (b t) c h w")
-        return self.side(frames, self.backbone.iter_blocks(images))
 
 
 class FrameMeanEncoder(nn.Module):
