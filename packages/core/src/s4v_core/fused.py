@@ -2,7 +2,8 @@
 
 ``layer_norm_linear``  LayerNorm(D) then Linear(D -> C), the side network's per-layer tap. Autograd
                        keeps the LayerNorm's input *and* its D-wide output (~19 % of what the
-                       reference saves, spec 1.7); here only the input is kept (the backbone's
+                       reference saves at B/16: ``side_lns`` then ``side_linears`` in
+                       ``Recognition/clip/model.py``); here only the input is kept (the backbone's
                        tokens, which exist anyway) and the normalisation is recomputed in backward,
                        an elementwise pass. The Linear's forward is not repeated. When the input
                        needs no gradient (frozen backbone tokens), backward also skips autograd's

@@ -15,7 +15,8 @@ CLIP4Clip's data layouts, which the field reuses verbatim:
   (``captions.json`` and ``{train,val}_ids.txt``), so that demos and tests need no download.
 
 Frames are pre-extracted as ``<frames>/<video_id>/img_%05d.jpg`` (or decoded from the videos). The
-sampling functions implement spec 4.4: a random frame per segment for training (``--strategy 3``),
+sampling functions implement the reference's (``Retrieval/dataloaders/rawframes_util.py``,
+``RawFramesExtractorCV2``): a random frame per segment for training (``--strategy 3``),
 every ``n // T``-th frame thinned to ``T`` for MSR-VTT/MSVD test (``--strategy 1`` with
 ``--slice_framepos 2``), segment centres for VATEX test (``--strategy 4``).
 
@@ -300,7 +301,7 @@ def read_synthetic(root: Path, split: Split) -> CaptionedVideos:
     return _captions_for(read_id_list(list_path), data, list_path, data_json)
 
 
-# --- frame sampling (spec 4.4) ---------------------------------------------------------------------
+# --- frame sampling (reference Retrieval/dataloaders/rawframes_util.py) ---------------------------
 
 # The strategies a RetrievalLayout names for its validation and test clips.
 SamplingName = Literal["random-segment", "uniform-stride", "segment-centre"]

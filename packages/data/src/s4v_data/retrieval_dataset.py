@@ -4,7 +4,7 @@ Stages as for recognition (parse -> sample indices -> decode -> transform -> col
 come from :mod:`s4v_data.retrieval` (a :data:`s4v_data.specs.RETRIEVAL_LAYOUTS` entry reads a split), indices from
 its retrieval sampling strategies, frames from :mod:`s4v_data.decode` (JPEG folders or decord), and
 every clip is resized (short side, bicubic), centre-cropped and CLIP-normalised, without
-augmentation, as the reference does (spec 4.4).
+augmentation, as the reference does (``Retrieval/dataloaders/rawframes_util.py``, ``_transform``).
 
 Shapes (S = input size, T = frames per clip, L = tokens per caption):
     :class:`VideoTextPairs`  item ``(clip (T, 3, S, S) float, tokens (L,) int64)`` when a tokenizer

@@ -1,4 +1,7 @@
-"""Sparse (TSN-style) frame sampling as in the Side4Video reference (spec section 3.2).
+"""Sparse (TSN-style) frame sampling as in the Side4Video reference.
+
+Reference: github.com/HJYao00/Side4Video @ 5d72352, ``Recognition/datasets/sth.py``
+(Something-Something) and ``Recognition/datasets/kinetics.py`` (Kinetics).
 
 ``n`` is the number of frames of a video, ``t`` the number of frames a clip takes. Every function
 returns 0-based frame indices in ``[0, n)`` (frame files are 1-based: index ``i`` is file number

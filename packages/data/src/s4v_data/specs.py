@@ -2,11 +2,14 @@
 
 This module is the one place a dataset name is defined. :data:`DATASETS` holds the recognition
 datasets (frame names, sampling family, resize policy, flip rules, file names); the values for
-Something-Something and Kinetics follow the Side4Video reference pipeline (spec section 3); UCF101 and
-HMDB51 take Kinetics' conventions and read their official split files (:mod:`s4v_data.public`). A
-user's own dataset needs no entry here: a ``dataset.yaml`` (:mod:`s4v_data.dataset_file`) describes
-it and borrows the conventions of ``k400`` or ``ssv2``.
-:data:`RETRIEVAL_LAYOUTS` holds the retrieval datasets (CLIP4Clip annotation layouts, spec 4.4).
+Something-Something and Kinetics follow the Side4Video reference pipeline
+(github.com/HJYao00/Side4Video @ 5d72352, ``Recognition/datasets/{sth,kinetics}.py``,
+``Recognition/utils/Augmentation.py``); UCF101 and HMDB51 take Kinetics' conventions and read their
+official split files (:mod:`s4v_data.public`). A user's own dataset needs no entry here: a
+``dataset.yaml`` (:mod:`s4v_data.dataset_file`) describes it and borrows the conventions of ``k400``
+or ``ssv2``.
+:data:`RETRIEVAL_LAYOUTS` holds the retrieval datasets (CLIP4Clip annotation layouts, read by
+``Retrieval/dataloaders/dataloader_{msrvtt,msvd,vatex}_retrieval.py``).
 ``synthetic`` is the project's own generated dataset (``s4v_data.synthetic``) in both.
 :data:`TASK_DATASETS` maps a task to its registry; orchestration's run recipes attach to these
 names and check at import that they name no other.
@@ -48,7 +51,9 @@ class DatasetSpec:
     name: str
     num_classes: int
     frame_template: str  # file name of frame i (1-based), e.g. "{:05d}.jpg"
-    sampling: SamplingFamily  # which frame-sampling formulas (spec 3.2)
+    sampling: (
+        SamplingFamily  # which frame-sampling formulas (reference datasets/sth.py, kinetics.py)
+    )
     resize: ResizeMode  # "exact": squash to (h, w); "short-side": shorter side to h, keep aspect
     resize_size: tuple[int, int]  # (h, w) for "exact", (s, s) for "short-side"; stated at 224 input
     crop_scale: tuple[float, float] = (0.08, 1.0)  # area range of the Inception-style random crop
@@ -205,7 +210,9 @@ class RetrievalLayout:
     frame_dir: str
     video_file: str
     frame_template: str  # file name of frame i (1-based), e.g. img_00001.jpg
-    test_sampling: SamplingName  # frame sampling at validation and test time (spec 4.4)
+    test_sampling: (
+        SamplingName  # frame sampling at validation and test (reference rawframes_util.py)
+    )
 
 
 RETRIEVAL_LAYOUTS: dict[str, RetrievalLayout] = _by_name(

@@ -1,4 +1,7 @@
-"""Clip augmentation (spec section 3.3) with torchvision v2 transforms on uint8 frame tensors.
+"""Clip augmentation with torchvision v2 transforms on uint8 frame tensors.
+
+The reference's pipeline (github.com/HJYao00/Side4Video @ 5d72352,
+``Recognition/utils/Augmentation.py``) written with torchvision's v2 transforms.
 
 A clip is a ``(T, 3, H, W)`` uint8 tensor. torchvision's v2 transforms treat the leading ``T`` as a
 batch and draw their random parameters once per call, so one draw covers every frame of the clip

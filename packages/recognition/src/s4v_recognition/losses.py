@@ -1,6 +1,7 @@
 """Classification losses and batch mixing (mixup / cutmix) for video clips.
 
-Side4Video trains with label-smoothed cross-entropy (smoothing 0.1; spec 2.1). Mixup and cutmix
+Side4Video trains with label-smoothed cross-entropy (``smoothing: 0.1`` in every reference config,
+``Recognition/configs/**``, read by ``Recognition/train_vision.py``). Mixup and cutmix
 exist in the reference but are off in every config; they are available here as options. A mixed
 batch is trained against soft targets, which already include the label smoothing.
 """

@@ -1,7 +1,7 @@
 """The recognition registry: named model presets and methods.
 
 Presets mirror the reference Side4Video configs (github.com/HJYao00/Side4Video @ 5d72352,
-``Recognition/configs/{sthv1,sthv2,k400}/*``, spec section 2.2). Every shipped config uses T=8
+``Recognition/configs/{sthv1,sthv2,k400}/*``). Every shipped config uses T=8
 frames at 224 px, dropout 0 and OpenAI CLIP weights, which use QuickGELU (hence the ``-quickgelu``
 open_clip names).
 
@@ -47,7 +47,7 @@ PRESETS: dict[str, RecognitionPreset] = {
         description="Side4Video, CLIP ViT-L/14, C=512 (reference configs vitl-14)",
     ),
     # Paper Table 2 "Ours (light)" B/16 row: 4 M tunable params, 8.9 G. No config ships it; C=128
-    # reproduces its 4.3 M parameters and 444 GFLOPs (spec section 5.1, inferred width).
+    # reproduces its 4.3 M parameters and 444 GFLOPs (a width inferred from the table, not stated).
     "side4video-b16-light": RecognitionPreset(
         backbone="ViT-B-16-quickgelu",
         pretrained="openai",
@@ -57,7 +57,8 @@ PRESETS: dict[str, RecognitionPreset] = {
         description="Side4Video light, CLIP ViT-B/16, C=128 (paper Table 2, width inferred)",
     ),
     # EVA02-CLIP-bigE-14 (open_clip EVA02-E-14, LAION-2B): the reference's evae-14 configs and the
-    # paper's headline numbers. C=576, side blocks after the 32 odd layers (spec 1.8); the 4.35 B
+    # paper's headline numbers. C=576, side blocks after the 32 odd layers (the drop_layer of
+    # Recognition/eva_clip/eva_vit_model.py skips the even ones); the 4.35 B
     # frozen weights in bf16 and the side blocks recomputed, so that it trains on one 24 GB card.
     "side4video-e14": RecognitionPreset(
         backbone="EVA02-E-14",
@@ -113,7 +114,7 @@ METHODS: dict[str, RecognitionMethod] = {
     "full-finetune": RecognitionMethod(
         build=encoders.full_finetune, trains="the whole CLIP ViT + head, time-averaged"
     ),
-    # The paper's rivals (spec 5.1), each in its own s4v_core.methods module.
+    # The paper's rivals (its Table 2), each in its own s4v_core.methods module.
     "st-adapter": RecognitionMethod(
         build=encoders.st_adapter,
         trains="depth-wise 3D-conv adapters in every frozen block + head (backprop through ViT)",

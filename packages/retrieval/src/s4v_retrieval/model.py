@@ -1,10 +1,13 @@
 """Text-video retrieval model: Side4Video video tower, CLIP text tower, similarity head, temperature.
 
-Reference: github.com/HJYao00/Side4Video @ 5d72352, ``Retrieval/`` (CLIP4Clip codebase with the side
-network; spec section 4). Two methods, registered in :data:`s4v_retrieval.presets.METHODS`:
+Reference: github.com/HJYao00/Side4Video @ 5d72352, ``Retrieval/modules/modeling.py``
+(``CLIP4Clip``, the CLIP4Clip codebase with the side network of
+``Retrieval/modules/module_clip.py``).
+Two methods, registered in :data:`s4v_retrieval.presets.METHODS`:
 
 ``side4video``   frozen CLIP ViT + retrieval side network whose per-frame features correct the
-                 backbone's frame embeddings through a zero-initialised projection (spec 4.1).
+                 backbone's frame embeddings through a zero-initialised projection
+                 (``side_proj`` in ``Retrieval/modules/module_clip.py``).
 ``frozen-clip``  the same model with the side network switched off: plain CLIP frame embeddings.
                  Only the similarity head and the temperature (and the text tower, if asked) train.
 

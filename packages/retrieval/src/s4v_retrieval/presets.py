@@ -1,8 +1,9 @@
 """The retrieval registry: named model presets and methods.
 
 Presets mirror the reference's retrieval scripts (github.com/HJYao00/Side4Video @ 5d72352,
-``Retrieval/script_train``, spec section 4). A new backbone size is one :data:`PRESETS` entry; a
-new method is one :data:`METHODS` entry saying how the video tower is built.
+``Retrieval/script_train/run_train_{msrvtt,msvd,vatex}.sh``). A new backbone size is one
+:data:`PRESETS` entry; a new method is one :data:`METHODS` entry saying how the video tower is
+built.
 ``s4v models``, the run-config validation and :func:`s4v_retrieval.build_model` read only these
 two dicts.
 """
@@ -27,7 +28,7 @@ class RetrievalPreset:
     image_size: int  # input resolution; must match the backbone's
     head_dim: int = 64  # side attention head width (reference: heads = C // 64)
     # Backbone layers with a side block: a tuple, "odd" (1, 3, ...: the reference's EVA variant,
-    # spec 4.3) or None for every layer.
+    # Retrieval/eva_clip/eva_vit_model.py) or None for every layer.
     side_layers: tuple[int, ...] | Literal["odd"] | None = None
     similarity: str = "wti"  # "wti" (reference scripts) or "meanP"
     # Which reference side network: "clip" (Retrieval/modules/module_clip.py) or "eva"

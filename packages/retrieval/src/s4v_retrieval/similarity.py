@@ -120,7 +120,7 @@ class _TokenWeight(nn.Sequential):
 
 
 class WTISimilarity(nn.Module):
-    """Weighted token-wise interaction (spec 4.2).
+    """Weighted token-wise interaction (reference ``Retrieval/modules/modeling.py``, ``wti``).
 
     ``t2v(a, b) = Σ_t w_text[a, t] · max_v s[a, b, t, v]`` and
     ``v2t(a, b) = Σ_v w_frame[b, v] · max_t s[a, b, t, v]`` with ``s`` the cosine between text

@@ -1,9 +1,10 @@
 """CLIP text tower glue: open_clip's text encoder returning every token feature, and its tokenizer.
 
-Side4Video's retrieval (spec 4.1) encodes captions with the CLIP text transformer (causal mask) at
-``max_words = 32`` tokens (start + at most 30 word pieces + end, zero padded) and, for the weighted
-token-wise interaction, keeps *all* token features ``ln_final(x) @ text_projection`` with a validity
-mask, besides CLIP's sentence embedding (the end-of-text token).
+Side4Video's retrieval (``Retrieval/modules/modeling.py``, ``get_sequence_output``) encodes
+captions with the CLIP text transformer (causal mask) at ``max_words = 32`` tokens (start + at most
+30 word pieces + end, zero padded) and, for the weighted token-wise interaction, keeps *all* token
+features ``ln_final(x) @ text_projection`` with a validity mask, besides CLIP's sentence embedding
+(the end-of-text token).
 
 The tower is taken over from an open_clip ``CLIP`` (no weights are copied or re-implemented). It is
 frozen by default; ``trainable=True`` lets it train, at its own learning rate as the reference does
