@@ -58,7 +58,3 @@ class SavedTensorMeter:
     def bytes(self) -> int:
         """Unique bytes saved so far."""
         return sum(self._storages.values())
-
-    @property
-    def num_storages(self) -> int:
-        return len(self._storages)
