@@ -101,7 +101,9 @@ class EvaSideTap(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         weight = self.proj.weight
-        if tokens.dtype == weight.dtype or torch.is_autocast_enabled(tokens.device.type):
+        device = tokens.device.type  # the meta device has no autocast (and no data to cast)
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        if tokens.dtype == weight.dtype or autocast:
             y = self.proj(tokens)
         else:
             y = _CastLinear.apply(tokens, weight, self.proj.bias)
