@@ -1,7 +1,7 @@
 """Every registered preset x method of both tasks: seeded initialisation pinned, meta-device forward.
 
 The pinned hashes were computed from the code before the side networks were rewritten to read
-top-down (commit f9ca1c0); a refactor that changes a key, a shape, the order in which parameters
+top-down (commit f9ca1c0; the retrieval EVA presets, added later, at a840fd0); a refactor that changes a key, a shape, the order in which parameters
 draw from the seeded generator or an init distribution changes a hash.
 """
 
@@ -16,7 +16,7 @@ from s4v_core.backbone import build_backbone
 from s4v_core.backbone_eva import FrozenEVA
 from s4v_core.side import SideNetwork, SideNetworkConfig
 from s4v_core.side_eva import EvaSideNetwork
-from s4v_core.side_retrieval import RetrievalSideNetwork
+from s4v_core.side_retrieval import RETRIEVAL_SIDE_NETWORKS
 from s4v_recognition import METHODS as RECOGNITION_METHODS
 from s4v_recognition import PRESETS as RECOGNITION_PRESETS
 from s4v_recognition import build_model as build_recognition
@@ -50,7 +50,7 @@ _TINY_RECOGNITION = {
 _TINY_RETRIEVAL = {
     ("tiny", "side4video"): "2c4908c070b1489b5e815f99d45b03657eccdcc2e2e352be4b8407a5e4c63039",
     ("tiny", "frozen-clip"): "3cfd9607150316f0e236bd0a2a2486c5cf24b003783d996b5b4f1fbf73497e1b",
-    ("tiny-eva", "side4video"): "0134956bad1f5201813e97994bcfe85852fc72233f322ee1d3ac366509813d7f",
+    ("tiny-eva", "side4video"): "3e7e3b01c30c1342b97d6402293aea419c89c25caf2bedd07b21453061064624",
     ("tiny-eva", "frozen-clip"): "14d15f4df83a3deaad740f6426671c5b7b3836de34aa2dc79f222f62f7b2b2c7",
 }
 # sha256 of the state of each preset's side network alone, built right after torch.manual_seed(0)
@@ -89,8 +89,15 @@ _SIDE_NETWORKS = {
         "retrieval",
         "side4video-b16",
     ): "d196a19ede5036cfe6c74b044d8d01a0b89a8fe7b36a424d922ce9811290f42d",
+    (
+        "retrieval",
+        "side4video-e14",
+    ): "38a700fcb670ab0163661d9da6eca06ea4524f47ec63e0cd12559e54d49f8255",
+    ("retrieval", "side4video-eva-l14"): (
+        "705720180db648653d96852e653cc8f1f71b625e8f250f8fd7527fc1505b6362"
+    ),
     ("retrieval", "tiny"): "f4a68a293b8d2b23a51ea3daeb2f5074be48af96a0d6b2f1b3d3c6078546df18",
-    ("retrieval", "tiny-eva"): "720f8e91b7b00820105a39abb98a91397515ff94365aafb75d1ccc843e759b37",
+    ("retrieval", "tiny-eva"): "b4f45599a0f98315d69386c8d043adf57e6ac315895bf336776c901e931aef0a",
 }
 # Side networks of more than 50 M parameters: seconds to initialise on a shared CPU.
 _LARGE = {"side4video-l14", "side4video-e14", "side4video-eva-l14"}
@@ -150,7 +157,7 @@ def _seeded_side_network(task: str, name: str) -> torch.nn.Module:
     with torch.device("meta"):
         backbone = build_backbone(preset.backbone)
     if task == "retrieval":
-        network = RetrievalSideNetwork
+        network = RETRIEVAL_SIDE_NETWORKS[preset.side_network]
     else:
         network = EvaSideNetwork if isinstance(backbone, FrozenEVA) else SideNetwork
     config = SideNetworkConfig(
