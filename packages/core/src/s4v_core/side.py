@@ -1,7 +1,7 @@
 """The Side4Video recognition model: a frozen CLIP ViT and the side network beside it.
 
-Paper: Side4Video, arXiv 2311.15769 (the side network of its framework figure; parameter and
-memory counts of its Table 2). Reference: github.com/HJYao00/Side4Video @ 5d72352,
+Paper: Side4Video, arXiv 2311.15769 (its Table 2 counts this model's parameters and memory).
+Reference: github.com/HJYao00/Side4Video @ 5d72352,
 ``Recognition/clip/model.py`` (``VisualTransformer``: stem and post-norm; ``Transformer``: the
 per-layer taps and fusion; ``AttnCBlock``: the side block) and ``Recognition/train_vision.py``
 (``VideoCLIP``). Read top to bottom: the config, the small blocks, :class:`SideNetwork` (whose
@@ -21,8 +21,8 @@ Per frame, per backbone layer ``i`` that has a side block (reference: all of the
 starting from a 3-D conv stem on the pixels and ending with a BatchNorm and mean pooling over
 frames and patches. The backbone never reads the side branch, so no gradient reaches it.
 
-Initialisation is what the reference *executes* (``CLIP.initialize_parameters`` and
-``AttnCBlock``'s init loop in ``Recognition/clip/model.py``), including its quirks, so that training
+Initialisation is what the reference *executes* (``CLIP.initialize_parameters`` and the side
+blocks' init in ``Recognition/clip/model.py``), including its quirks, so that training
 from scratch matches it: side Linear taps and temporal convs keep PyTorch's default init (the
 reference's intended init hits the text tower's unused side modules and names convs that do not
 exist); attention and MLP weights are normal with std ``C**-0.5``, ``(2C)**-0.5`` and, for the
