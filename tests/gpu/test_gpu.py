@@ -236,3 +236,11 @@ def test_predict_on_cuda_gives_the_cpu_labels(synthetic_root, tmp_path) -> None:
             assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
             for x, y in zip(a["top_k"], b["top_k"], strict=True):
                 assert abs(x["probability"] - y["probability"]) < 1e-3
+
+
+def test_bench_memory_plan_measures_peaks_that_grow_with_the_batch() -> None:
+    from s4v_orchestration.commands.bench_plan import measure_training_peak
+
+    peaks = measure_training_peak("side4video-b16", num_frames=8, batch_sizes=(1, 4))
+    assert all(p.peak_bytes is not None for p in peaks)
+    assert peaks[0].peak_bytes < peaks[1].peak_bytes

@@ -98,3 +98,15 @@ def test_gpu_tests_are_collected_and_skipped_without_cuda(request) -> None:
     } <= names
     if not torch.cuda.is_available():
         assert all(item.get_closest_marker("skip") for item in gpu_items)
+
+
+def test_the_plans_cuda_peak_loop_runs_the_same_training_rows() -> None:
+    """`s4v bench memory --plan` on CUDA measures through gpu-check's training row; on the CPU the
+    same code runs and reports no CUDA peak."""
+    from s4v_orchestration.commands.bench_plan import measure_training_peak
+
+    peaks = measure_training_peak(
+        "tiny", num_frames=4, batch_sizes=(1, 2), precision="fp32", device="cpu"
+    )
+    assert [p.batch_size for p in peaks] == [1, 2]
+    assert all(p.peak_bytes is None for p in peaks)

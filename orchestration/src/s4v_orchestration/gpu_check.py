@@ -74,7 +74,7 @@ LIGHT = "side4video-light"
 class RowSpec:
     """One measured setting."""
 
-    section: str  # "table2", "e14", "predict"
+    section: str  # "table2", "e14", "predict" ("plan": s4v bench memory --plan on CUDA)
     preset: str
     method: str
     batch_size: int
@@ -82,6 +82,7 @@ class RowSpec:
     precision: str  # bf16 / fp16 autocast, or fp32
     checkpointing: bool = False
     paper_gb: float | None = None
+    num_classes: int = 174  # K of the head (the paper's table: Something-Something's 174)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -182,7 +183,7 @@ def _build(spec: RowSpec, device: torch.device) -> nn.Module:
     with torch.device(device):
         model = build_model(
             spec.preset,
-            174,
+            spec.num_classes,
             method="side4video" if spec.method == LIGHT else spec.method,
             num_frames=spec.num_frames,
             side_dim=side_dim,
@@ -231,7 +232,7 @@ def measure_training(spec: RowSpec, device: torch.device, repeats: int) -> RowRe
             optimizer = torch.optim.AdamW(trainable, lr=1e-4)
             scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
             clips = _clips(spec, device)
-            labels = torch.arange(spec.batch_size, device=device) % 174
+            labels = torch.arange(spec.batch_size, device=device) % spec.num_classes
             dtype = AUTOCAST[spec.precision]
             times = []
             for step in range(repeats + 1):

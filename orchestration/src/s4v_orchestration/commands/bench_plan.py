@@ -327,42 +327,32 @@ def measure_training_peak(
     checkpointing: bool = True,
     num_classes: int = 174,
     device: str = "cuda",
-    seed: int = 0,
 ) -> tuple[PeakMeasurement, ...]:
-    """Peak allocated CUDA memory of two AdamW training steps of the real model, per batch size.
+    """Peak allocated CUDA memory of AdamW training steps of the real model, per batch size.
 
-    The model is built with random weights (on the CPU, then moved), side-block checkpointing set
-    exactly to ``checkpointing``. The second step runs with AdamW's state allocated, so the peak
-    covers weights, gradients, optimizer state and activations.
+    Each batch size is one :func:`s4v_orchestration.gpu_check.measure_training` row (the model
+    built with random weights on the device, side-block checkpointing set exactly to
+    ``checkpointing``, a warm-up step that allocates AdamW's state, then a timed step), so the
+    peak covers weights, gradients, optimizer state and activations. Out of memory: None.
     """
     import torch
-    import torch.nn.functional as F
 
-    from s4v_recognition import build_model
-    from s4v_recognition.bench.measure import autocast, random_batch
+    from s4v_orchestration.gpu_check import RowSpec, measure_training
+    from s4v_recognition import get_preset
 
-    torch.manual_seed(seed)
-    model = build_model(preset, num_classes, num_frames=num_frames)
-    model.set_grad_checkpointing(checkpointing)
-    model = model.to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    frames = num_frames or get_preset(preset).num_frames
     results = []
     for batch in batch_sizes:
-        frames, labels = (t.to(device) for t in random_batch(model, batch, seed))
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        try:
-            for _ in range(2):
-                with autocast(precision, "cuda"):
-                    logits = model(frames)
-                F.cross_entropy(logits.float(), labels).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            torch.cuda.synchronize(device)
-            peak: int | None = torch.cuda.max_memory_allocated(device)
-        except torch.OutOfMemoryError:
-            peak = None
-        del frames, labels
-        results.append(PeakMeasurement(batch_size=batch, peak_bytes=peak))
+        spec = RowSpec(
+            section="plan",
+            preset=preset,
+            method="side4video",
+            batch_size=batch,
+            num_frames=frames,
+            precision=precision,
+            checkpointing=checkpointing,
+            num_classes=num_classes,
+        )
+        row = measure_training(spec, torch.device(device), repeats=1)
+        results.append(PeakMeasurement(batch_size=batch, peak_bytes=row.peak_bytes))
     return tuple(results)
