@@ -207,6 +207,7 @@ class TrackingConfig(_Section):
     system_metrics: bool = True  # CPU/GPU/memory utilisation sampled in the background
     log_every: PositiveInt = 10  # optimizer steps between step metrics
     log_checkpoint: bool = True  # upload best.pt as a run artifact
+    log_model: bool = True  # log the best model as an MLflow pyfunc model ("Logged models")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

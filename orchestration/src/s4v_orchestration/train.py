@@ -21,12 +21,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from mlflow.exceptions import MlflowException
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from s4v_core.checkpoint import load_checkpoint, save_checkpoint
 from s4v_orchestration.config import RunConfig, run_params, to_yaml
+from s4v_orchestration.inference.loading import ModelLoadError
+from s4v_orchestration.inference.pyfunc import log_pyfunc
 from s4v_orchestration.progress import RunProgress
 from s4v_orchestration.resume import check_resumable, restore_rng_state, rng_state
 from s4v_orchestration.runtime import (
@@ -594,7 +597,23 @@ def _final_metrics(run: _Run, state: TrainState, tracker: Tracker) -> dict[str, 
         result |= _final_test(run, state, tracker)
     if run.env.is_main and run.config.tracking.log_checkpoint and run.best_path.is_file():
         tracker.log_artifact(run.best_path, "checkpoints")
+    if run.env.is_main and tracker.enabled and run.config.tracking.log_model:
+        _log_model(run, tracker)
     return result
+
+
+def _log_model(run: _Run, tracker: Tracker) -> None:
+    """The best checkpoint as the run's MLflow model (``runs:/<run_id>/model``)."""
+    path = run.best_path if run.best_path.is_file() else run.last_path
+    if not path.is_file():
+        return
+    started = time.perf_counter()
+    try:
+        log_pyfunc(path, run_id=tracker.run_id, tracking_uri=tracker.tracking_uri)
+    except (MlflowException, ModelLoadError, OSError) as err:
+        log.warning("could not log the MLflow model of %s: %s", path, err)
+        return
+    log.info("logged the MLflow model in %.1f s", time.perf_counter() - started)
 
 
 def _final_test(run: _Run, state: TrainState, tracker: Tracker) -> dict[str, float]:

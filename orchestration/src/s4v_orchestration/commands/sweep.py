@@ -77,6 +77,13 @@ def sweep(
             "table and INFO messages, 2 also every reported result and the trials' output.",
         ),
     ] = 0,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the best trial's model in the MLflow model registry under this name "
+            "(a new version, with the alias 'best').",
+        ),
+    ] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune; every trial is a nested MLflow run of the sweep."""
     from mlflow import MlflowClient
@@ -148,6 +155,38 @@ def sweep(
         f"  params      {', '.join(f'{k}={v}' for k, v in best.params.items())}\n"
         f"  MLflow run  {best.mlflow_run_id}\n"
         f"  checkpoint  {best.checkpoint} (that epoch's)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if register is not None:
+        _register(register, best.mlflow_run_id, best.checkpoint, outcome.tracking_uri)
+
+
+def _register(
+    name: str, run_id: str | None, checkpoint: str | Path | None, tracking_uri: str
+) -> None:
+    """Register the best trial's MLflow model (logging it first if its run has none)."""
+    from mlflow.exceptions import MlflowException
+
+    from s4v_orchestration.inference.loading import ModelLoadError
+    from s4v_orchestration.inference.pyfunc import ensure_run_model, register_run_model
+
+    if run_id is None:
+        console.print(
+            "[red]error:[/red] the best trial has no MLflow run to register", highlight=False
+        )
+        raise typer.Exit(2)
+    try:
+        ensure_run_model(run_id, checkpoint, tracking_uri=tracking_uri)
+        version = register_run_model(run_id, name, tracking_uri=tracking_uri)
+    except (MlflowException, ModelLoadError) as exc:
+        console.print(
+            f"[red]error:[/red] cannot register the model: {exc}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+    console.print(
+        f"registered the best trial's model as {name} version {version.version} (alias 'best'): "
+        f"models:/{name}@best",
         highlight=False,
         soft_wrap=True,
     )
