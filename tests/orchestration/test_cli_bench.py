@@ -115,3 +115,23 @@ def test_bench_memory_plans_a_retrieval_eva_preset(tmp_path) -> None:
     )
     bad = runner.invoke(app, ["bench", "memory", "--task", "retrieval", "--model", "tiny"])
     assert bad.exit_code == 2 and "EVA presets" in bad.output
+
+
+def test_memory_chart_shows_step_times_beside_memory(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from s4v_orchestration.commands import bench
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self))
+    results = [
+        SimpleNamespace(method="side4video", saved_mib=12.0, cuda_peak_bytes=None, median_seconds=0.25),
+        SimpleNamespace(method="full-finetune", saved_mib=80.0, cuda_peak_bytes=None, median_seconds=0.5),
+    ]  # fmt: skip
+    bench._plot(results, tmp_path / "chart.png", "one step", cuda=False)
+    memory, times = saved[0].axes
+    assert memory.get_ylabel() == "saved for backward (MiB)"
+    assert times.get_ylabel() == "median step time (s)"
+    assert [bar.get_height() for bar in times.patches] == [0.25, 0.5]
