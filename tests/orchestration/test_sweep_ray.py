@@ -292,4 +292,4 @@ def test_sweep_on_a_ray_start_head_cluster_records_every_trial(
     assert out.count(" started: model.side_dim=") == 3
     assert out.count(" completed after 2 epochs: val/top1 ") == 2
     assert "TensorboardX" not in out + run.result.stderr
-    assert "Trial status" not in out
+    assert "Trial status" not in out and "Configuration for experiment" not in out

@@ -45,8 +45,10 @@ def connect_ray(
         "log_to_driver": verbose >= 2,
     }
     if verbose == 0:
-        # Tune warns on every sweep that TensorboardX is not installed: s4v logs to MLflow.
-        logging.getLogger("ray.tune.utils.callback").setLevel(logging.ERROR)
+        # Tune warns on every sweep that TensorboardX is not installed (s4v logs to MLflow) and,
+        # with short epochs, that it snapshots its state often (each epoch is a checkpoint).
+        for name in ("ray.tune.utils.callback", "ray.tune.execution.experiment_state"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     if address is None:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
         return True

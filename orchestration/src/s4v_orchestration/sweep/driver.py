@@ -12,7 +12,9 @@ Flow of :func:`run_sweep`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -395,7 +397,16 @@ def _fit(
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
         else:
             tuner = _new_tuner(spec, base, trainable, record, storage, verbose)
-        return tuner.fit()
+        if verbose > 0:
+            return tuner.fit()
+        # Tune prints its experiment banner and a TensorBoard hint with print() whatever its
+        # verbosity: kept out of the terminal (and logged at DEBUG); s4v prints the trial events.
+        banner = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(banner):
+                return tuner.fit()
+        finally:
+            logger.debug("Ray Tune's output:\n%s", banner.getvalue())
     except BaseException as exc:
         # No parent run is left RUNNING: a second Ctrl-C leaves it resumable, an error failed.
         interrupted = isinstance(exc, KeyboardInterrupt)
