@@ -46,8 +46,12 @@ def test_two_step_run_is_recorded_in_mlflow_and_evaluates(in_tmp, tiny_overrides
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.info.run_id in result.output
-    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
-    assert f"this run: {url}" in result.output
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+    view = "workflowType=machine_learning"
+    assert f"this run: {url}/{run.info.run_id}?{view}\n" in result.output
+    assert f"its experiment, best first: {url}?{view}&orderByKey=metrics.%60val%2Ftop1%60" in (
+        result.output
+    )
     # Not a terminal: a plain line per epoch, the same as in train.log.
     [line] = [x for x in result.output.splitlines() if x.startswith("epoch 1/")]
     assert "loss " in line and "val/top1 " in line and " eta 0:00" in line

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from s4v_orchestration.tracking import (
     RunStopped,
     TrackingStoreError,
+    experiment_url,
     run_url,
     tracked_run,
     ui_command,
@@ -137,11 +138,19 @@ def test_ui_command_and_run_url_point_at_the_store(tmp_path, monkeypatch) -> Non
     assert ui_command(f"sqlite:///{tmp_path / 'mlflow.db'}") == "s4v ui"
     assert ui_command("sqlite:///x/mlflow.db") == "s4v ui --tracking-uri sqlite:///x/mlflow.db"
     assert ui_command("http://host:5000") == "open http://host:5000"
+    view = "workflowType=machine_learning"  # MLflow's model-training pages, not GenAI's
     assert (
         run_url("sqlite:///x/mlflow.db", "3", "abc")
-        == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+        == f"http://127.0.0.1:5000/#/experiments/3/runs/abc?{view}"
     )
-    assert run_url("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
+    assert (
+        run_url("http://host:5000/", "3", "abc")
+        == f"http://host:5000/#/experiments/3/runs/abc?{view}"
+    )
+    assert experiment_url("http://host:5000", "3", "val/top1") == (
+        f"http://host:5000/#/experiments/3/runs?{view}"
+        "&orderByKey=metrics.%60val%2Ftop1%60&orderByAsc=false"
+    )
 
 
 # Each process waits for the go file, then opens a run on the same new SQLite store.

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy.exc
 from mlflow import MlflowClient
@@ -63,10 +64,32 @@ def ui_command(tracking_uri: str) -> str:
     return f"s4v ui --tracking-uri {tracking_uri}"
 
 
+# MLflow 3.17's UI picks GenAI or model-training pages by a switch of its own (remembered in the
+# browser, GenAI at first) rather than by the experiment's kind tag; this query parameter selects
+# model training for the page it opens.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def _ui_base(tracking_uri: str) -> str:
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return base.rstrip("/")
+
+
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI: on the tracking server, or where ``s4v ui`` serves."""
-    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, metric: str | None = None) -> str:
+    """The experiment's runs table in the MLflow UI, sorted by ``metric`` (largest first).
+
+    The sort is the one default of the table MLflow takes from the address; the columns shown
+    are the browser's choice (MLflow keeps them in local storage), not the store's.
+    """
+    url = f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+    if metric is not None:
+        url += f"&orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc=false"
+    return url
 
 
 class TrackingStoreError(RuntimeError):
@@ -197,6 +220,11 @@ def mark_training_experiment(
     for key, value in wanted.items():
         if key not in tags:
             client.set_experiment_tag(experiment_id, key, value)
+
+
+def primary_metric(experiment: Any) -> str | None:
+    """The experiment's primary metric (:func:`mark_training_experiment`), if it has one."""
+    return experiment.tags.get(MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME)
 
 
 def experiment_id_for(

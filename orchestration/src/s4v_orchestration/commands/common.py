@@ -117,14 +117,25 @@ def print_summary(
     """The summary table and, for a run recorded in MLflow, how to open it in the MLflow UI."""
     from mlflow import MlflowClient
 
-    from s4v_orchestration.tracking import run_url, ui_command
+    from s4v_orchestration.tracking import (
+        experiment_url,
+        primary_metric,
+        run_url,
+        ui_command,
+    )
 
     console.print(summary_table(title, rows))
     if run_id is not None:
-        experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+        client = MlflowClient(tracking_uri)
+        experiment_id = client.get_run(run_id).info.experiment_id
+        metric = primary_metric(client.get_experiment(experiment_id))
         # Each on its own line, never wrapped, so that it can be copied.
         console.print(f"open the MLflow UI: {ui_command(tracking_uri)}", soft_wrap=True)
         console.print(f"this run: {run_url(tracking_uri, experiment_id, run_id)}", soft_wrap=True)
+        console.print(
+            f"its experiment, best first: {experiment_url(tracking_uri, experiment_id, metric)}",
+            soft_wrap=True,
+        )
 
 
 def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:

@@ -89,7 +89,7 @@ def sweep(
     from mlflow import MlflowClient
 
     from s4v_orchestration.config import ConfigError
-    from s4v_orchestration.run_table import list_sweep, render
+    from s4v_orchestration.run_table import list_sweep, render, significant
     from s4v_orchestration.sweep.cluster import ClusterError
     from s4v_orchestration.sweep.driver import SweepError, run_sweep
     from s4v_orchestration.sweep.spec import SweepFileError, load_sweep_file
@@ -152,7 +152,7 @@ def sweep(
     console.print(
         f"[bold green]best trial[/bold green] {best.run_name}: {outcome.metric} = {value:.4g} "
         f"at its last epoch ({best.epochs_completed}; trials are ranked by their last epoch)\n"
-        f"  params      {', '.join(f'{k}={v}' for k, v in best.params.items())}\n"
+        f"  params      {', '.join(f'{k}={significant(str(v))}' for k, v in best.params.items())}\n"
         f"  MLflow run  {best.mlflow_run_id}\n"
         f"  checkpoint  {best.checkpoint} (that epoch's)",
         highlight=False,
