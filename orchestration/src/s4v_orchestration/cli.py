@@ -11,6 +11,7 @@ from rich.console import Console
 
 from s4v_data import default_backend
 from s4v_orchestration import __version__
+from s4v_orchestration.commands import bench_predict as bench_predict_command
 from s4v_orchestration.commands import bench_sweep as bench_sweep_command
 from s4v_orchestration.commands import convert as convert_command
 from s4v_orchestration.commands import eval as eval_command
@@ -46,6 +47,7 @@ app.command("models")(models_command.models)
 app.add_typer(convert_command.app, name="convert")
 app.add_typer(bench_app, name="bench")
 bench_app.command("sweep")(bench_sweep_command.sweep)
+bench_app.command("predict")(bench_predict_command.predict)
 app.command("sweep")(sweep_command.sweep)
 app.command("runs")(runs_command.runs)
 app.command("ui")(ui_command.ui)

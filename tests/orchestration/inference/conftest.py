@@ -83,6 +83,9 @@ def retrieval_checkpoint(captioned_root, tmp_path):
             f"data.root={captioned_root}",
             f"output_dir={tmp_path / 'rt'}",
             "tracking.enabled=false",
+            "data.synthetic.videos_per_class=5",
+            "data.synthetic.num_frames=16",
+            "data.synthetic.size=32",
         ],
     ).with_defaults()
     path = tmp_path / "rt-best.pt"

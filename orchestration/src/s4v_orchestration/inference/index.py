@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from s4v_orchestration.inference.api import Retriever
 from s4v_orchestration.inference.loading import ModelLoadError, load_model
 from s4v_orchestration.inference.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from s4v_retrieval.similarity import TextFeatures
 
 INDEX_FORMAT = "s4v-index"
 INDEX_VERSION = 1
@@ -68,7 +69,7 @@ def model_fingerprint(retriever: Retriever) -> str:
 def find_videos(folder: Path) -> list[Path]:
     """Every video file and frame folder under ``folder`` (a frame folder is not descended)."""
     out: list[Path] = []
-    for current, dirs, files in os.walk(folder):
+    for current, dirs, files in os.walk(folder, followlinks=True):
         here = Path(current)
         if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files) and here != folder:
             out.append(here)
@@ -291,15 +292,20 @@ class VideoIndex:
         scores the ``shortlist`` best of them (exact for ``meanP``; for ``wti`` the first pass
         decides which segments are scored).
         """
-        text = self.retriever.embed_texts(queries)
+        return self.scores_for(self.retriever.embed_texts(queries), shortlist=shortlist)
+
+    @torch.no_grad()
+    def scores_for(self, text: TextFeatures, *, shortlist: int = 1000) -> torch.Tensor:
+        """:meth:`segment_scores` of captions already encoded (``Retriever.embed_texts``)."""
+        queries = len(text)
         rows = self.frames.shape[0]
         if rows <= shortlist:
             return self.retriever.scores(text, self.frames)
         query = F.normalize(text.pooled, dim=-1).numpy()
         first = torch.from_numpy(query @ self.embeddings.T)  # reads the mapped file, no copy
-        out = torch.full((len(queries), rows), -torch.inf)
+        out = torch.full((queries, rows), -torch.inf)
         candidates = first.topk(shortlist, dim=1).indices
-        for q in range(len(queries)):
+        for q in range(queries):
             chosen = candidates[q].sort().values.numpy()
             exact = self.retriever.scores(text[q : q + 1], self.frames[chosen])
             out[q, torch.from_numpy(chosen)] = exact[0]
@@ -322,7 +328,13 @@ class VideoIndex:
         """The ``k`` best-matching files for a caption, best first."""
         if not self.paths:
             return []
-        scores, rows = self.file_scores(self.segment_scores([query], shortlist=shortlist))
+        return self.search_text(self.retriever.embed_texts([query]), k, shortlist=shortlist)
+
+    def search_text(self, text: TextFeatures, k: int = 10, *, shortlist: int = 1000) -> list[Hit]:
+        """:meth:`search` for one caption already encoded."""
+        if not self.paths:
+            return []
+        scores, rows = self.file_scores(self.scores_for(text, shortlist=shortlist))
         order = scores[0].argsort(descending=True)[:k]
         hits = []
         for number in order.tolist():
