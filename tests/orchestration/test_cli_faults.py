@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
+from s4v_orchestration.config import latest_output_dir
+from s4v_orchestration.overrides import load_run_config
 
 runner = CliRunner()
 
@@ -38,4 +41,36 @@ def test_a_copied_synthetic_set_with_other_parameters_is_left_alone(
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "other parameters: num_frames 16, not 12" in result.output
     assert (copy / "NOTES.txt").read_text() == "keep me"
-    assert sorted(p.name for p in in_tmp.iterdir()) == ["copy"]  # no new folder, no run
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["copy", "run"]  # no other data folder
+    assert list((in_tmp / "run").iterdir()) == []  # and the run never started
+
+
+def test_a_rerun_never_overwrites_checkpoints_without_overwrite(in_tmp, tiny_overrides) -> None:
+    sets = _sets(tiny_overrides("out", **{"solver.epochs": 1, "eval.final_test": False}))
+    command = ["run", "recognition", "--dataset", "synthetic", *sets]
+    assert _invoke(command).exit_code == 0
+    best = in_tmp / "out" / "best.pt"
+    before = best.read_bytes()
+    refused = _invoke(command)
+    assert refused.exit_code == 2, refused.output
+    assert "already holds the checkpoints" in refused.output and "--overwrite" in refused.output
+    assert best.read_bytes() == before
+    assert _invoke([*command, "--overwrite"]).exit_code == 0
+
+
+def test_default_output_folders_are_timestamped_and_resume_takes_the_latest(in_tmp) -> None:
+    config = load_run_config("recognition", "synthetic")
+    first = config.with_defaults().output_dir
+    assert re.fullmatch(r"recognition-synthetic-tiny-side4video-\d{8}-\d{6}", first.name)
+    assert first.parent == in_tmp / "runs"
+    older, newer, unfinished = (
+        in_tmp / "runs" / f"recognition-synthetic-tiny-side4video-{stamp}"
+        for stamp in ("20260101-000000", "20260102-000000", "20260103-000000")
+    )
+    for folder in (older, newer):
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(b"")
+    unfinished.mkdir()  # no checkpoint yet: nothing to resume there
+    (in_tmp / "runs" / "recognition-synthetic-tiny-side4video-mine").mkdir()
+    assert latest_output_dir(config) == newer
+    assert latest_output_dir(load_run_config("recognition", "ssv1")) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,7 +223,7 @@ class RunConfig(_Section):
     # torch CPU threads per process; None keeps torch's default (one per core). Tiny models run
     # faster on one thread, which also leaves a core to the data-loading worker.
     cpu_threads: PositiveInt | None = None
-    output_dir: Path | None = None  # None: runs/<task>-<dataset>-<preset>-<method>
+    output_dir: Path | None = None  # None: runs/<task>-<dataset>-<preset>-<method>-<timestamp>
     resume: Path | None = None  # checkpoint to continue from (e.g. <output_dir>/last.pt)
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -262,8 +263,8 @@ class RunConfig(_Section):
             else:
                 cfg.data.root = default_data_root() / cfg.data.dataset
         if cfg.output_dir is None:
-            name = f"{cfg.task}-{cfg.data.dataset}-{cfg.model.preset}-{cfg.model.method}"
-            cfg.output_dir = Path("runs") / name
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            cfg.output_dir = Path("runs") / f"{_run_folder_prefix(cfg)}-{stamp}"
         cfg.output_dir = cfg.output_dir.expanduser().resolve()
         cfg.data.root = cfg.data.root.expanduser().resolve()
         if cfg.tracking.uri is None:
@@ -271,6 +272,30 @@ class RunConfig(_Section):
         if cfg.tracking.experiment is None:
             cfg.tracking.experiment = f"{cfg.task}-{cfg.data.dataset}"
         return cfg
+
+
+def _run_folder_prefix(config: RunConfig) -> str:
+    return f"{config.task}-{config.data.dataset}-{config.model.preset}-{config.model.method}"
+
+
+def latest_output_dir(config: RunConfig) -> Path | None:
+    """The newest default output folder of this task, dataset, preset and method that holds a
+    ``last.pt`` (``runs/<task>-<dataset>-<preset>-<method>-<YYYYmmdd-HHMMSS>``), or None."""
+    prefix = _run_folder_prefix(config)
+    pattern = re.compile(rf"{re.escape(prefix)}-\d{{8}}-\d{{6}}(-\d+)?")
+    runs = Path("runs").resolve()
+    folders = sorted(
+        (path for path in runs.glob(f"{prefix}-*") if pattern.fullmatch(path.name)),
+        key=lambda path: _stamp_order(path.name[len(prefix) + 1 :]),
+    )
+    folders = [path for path in folders if (path / "last.pt").is_file()]
+    return folders[-1] if folders else None
+
+
+def _stamp_order(stamp: str) -> tuple[str, int]:
+    """``20260101-000000`` before ``20260101-000000-2`` (a second run in the same second)."""
+    date, time, *counter = stamp.split("-")
+    return f"{date}-{time}", int(counter[0]) if counter else 1
 
 
 def _synthetic_folder(task: str, synthetic: SyntheticConfig) -> str:

@@ -55,7 +55,20 @@ TrackingOption = Annotated[
     bool, typer.Option("--tracking/--no-tracking", help="Record the run in MLflow.")
 ]
 ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="Continue from <output-dir>/last.pt after an interruption.")
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue from <output-dir>/last.pt after an interruption; without --output-dir, "
+        "from the newest runs/<task>-<dataset>-<preset>-<method>-<timestamp> folder with one.",
+    ),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Start afresh in an --output-dir that already holds checkpoints, replacing them "
+        "(refused otherwise).",
+    ),
 ]
 ResumeFromOption = Annotated[
     Path | None, typer.Option(help="Continue from this checkpoint instead.")

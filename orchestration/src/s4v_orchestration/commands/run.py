@@ -26,6 +26,7 @@ from s4v_orchestration.commands.options import (
     ConfigOption,
     DeviceOption,
     EpochsOption,
+    OverwriteOption,
     PretrainedOption,
     ResumeFromOption,
     ResumeOption,
@@ -37,6 +38,7 @@ from s4v_orchestration.commands.options import (
 )
 
 if TYPE_CHECKING:
+    from s4v_orchestration.config import RunConfig
     from s4v_orchestration.overrides import Shortcut
     from s4v_orchestration.train import TrainResult
 
@@ -98,7 +100,9 @@ def recognition(
     output_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Checkpoints and reports (default runs/<task>-<dataset>-<preset>-<method>)."
+            help="Checkpoints and reports (default "
+            "runs/<task>-<dataset>-<preset>-<method>-<timestamp>); one that holds checkpoints "
+            "needs --resume or --overwrite."
         ),
     ] = None,
     tracking_uri: Annotated[
@@ -111,6 +115,7 @@ def recognition(
     tracking: TrackingOption = True,
     resume: ResumeOption = False,
     resume_from: ResumeFromOption = None,
+    overwrite: OverwriteOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Train and test an action-recognition model: `s4v run recognition --dataset synthetic`."""
@@ -173,7 +178,9 @@ def retrieval(
     output_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Checkpoints and reports (default runs/retrieval-<dataset>-<preset>-<method>)."
+            help="Checkpoints and reports (default "
+            "runs/retrieval-<dataset>-<preset>-<method>-<timestamp>); one that holds "
+            "checkpoints needs --resume or --overwrite."
         ),
     ] = None,
     tracking_uri: Annotated[
@@ -186,6 +193,7 @@ def retrieval(
     tracking: TrackingOption = True,
     resume: ResumeOption = False,
     resume_from: ResumeFromOption = None,
+    overwrite: OverwriteOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Train and test a text-video retrieval model: `s4v run retrieval --dataset synthetic`."""
@@ -213,6 +221,7 @@ class RunOptions:
     tracking: bool
     resume: bool
     resume_from: Path | None
+    overwrite: bool
     verbose: bool
 
     def shortcuts(self) -> list[Shortcut]:
@@ -299,16 +308,16 @@ def _train(task: str, options: RunOptions, shortcuts: list[Shortcut]) -> TrainRe
     from s4v_orchestration.train import run_training
 
     with user_errors(), sigterm_as_interrupt():
-        run_config = load_run_config(
-            task,
-            options.dataset,
-            options.config,
-            overrides=options.overrides or [],
-            shortcuts=shortcuts,
-        ).with_defaults()
-        if options.resume or options.resume_from is not None:
-            resume_path = options.resume_from or Path(run_config.output_dir) / "last.pt"
-            run_config = run_config.model_copy(update={"resume": resume_path})
+        run_config = _with_output_dir(
+            load_run_config(
+                task,
+                options.dataset,
+                options.config,
+                overrides=options.overrides or [],
+                shortcuts=shortcuts,
+            ),
+            options,
+        )
         try:
             return run_training(run_config, progress=True)
         except KeyboardInterrupt:
@@ -317,6 +326,44 @@ def _train(task: str, options: RunOptions, shortcuts: list[Shortcut]) -> TrainRe
                 f"--resume (checkpoint: {Path(run_config.output_dir) / 'last.pt'})."
             )
             raise typer.Exit(130) from None
+
+
+def _with_output_dir(config: RunConfig, options: RunOptions) -> RunConfig:
+    """The config with its defaults, output folder and checkpoint to resume from, checked before
+    anything runs (so that a folder that cannot be used leaves no MLflow run behind).
+
+    ``--resume`` without an output folder continues the newest default folder of the same task,
+    dataset, preset and method. A folder that already holds checkpoints is refused unless the
+    run resumes or ``--overwrite`` is given.
+    """
+    from s4v_orchestration.config import ConfigError, latest_output_dir
+
+    resuming = options.resume or options.resume_from is not None
+    if options.resume and options.resume_from is None and config.output_dir is None:
+        latest = latest_output_dir(config)
+        if latest is None:
+            raise ConfigError(
+                "--resume: no earlier run of this task, dataset, preset and method under "
+                f"{Path('runs').resolve()} holds a last.pt; pass --output-dir (or --resume-from)"
+            )
+        config = config.model_copy(update={"output_dir": latest})
+    config = config.with_defaults()
+    out_dir = Path(config.output_dir)
+    held = [name for name in ("last.pt", "best.pt") if (out_dir / name).is_file()]
+    if held and not resuming and not options.overwrite:
+        raise ConfigError(
+            f"output_dir: {out_dir} already holds the checkpoints of a run ({', '.join(held)}); "
+            "continue it with --resume, replace them with --overwrite, or choose another "
+            "--output-dir"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir: cannot create {out_dir}: {err.strerror}") from None
+    if resuming:
+        resume = options.resume_from or out_dir / "last.pt"
+        config = config.model_copy(update={"resume": resume})
+    return config
 
 
 def _none_word(value: str | None) -> str | None:
