@@ -97,11 +97,12 @@ def test_labels_outside_the_classes_are_refused(tiny_synthetic, tmp_path) -> Non
         )
 
 
-def test_short_entries_are_dropped_outside_test_mode(tiny_synthetic, tmp_path) -> None:
+def test_short_entries_are_dropped_from_training_only(tiny_synthetic, tmp_path) -> None:
     short = tmp_path / "short.txt"
     short.write_text("rawframes/vid_00_0000 12 0\nrawframes/vid_01_0000 5 1\n")
     args = dict(spec=SPEC, num_frames=8, input_size=24)
-    assert len(VideoClipDataset(short, tiny_synthetic.root, mode="val", **args)) == 1
+    assert len(VideoClipDataset(short, tiny_synthetic.root, mode="train", **args)) == 1
+    assert len(VideoClipDataset(short, tiny_synthetic.root, mode="val", **args)) == 2
     assert len(VideoClipDataset(short, tiny_synthetic.root, mode="test", **args)) == 2
 
 

@@ -195,6 +195,9 @@ class EvalConfig(_Section):
     test_crops: Literal[1, 3] = 1  # spatial crops per video in the multi-view test
     test_clips: PositiveInt = 1  # temporal clips per video in the multi-view test
     final_test: bool = True  # test the best checkpoint with crops x clips views at the end
+    # Share of the validation or test videos that may be undecodable: they are left out of the
+    # metrics and counted (val/unreadable, test/unreadable); beyond it the evaluation fails.
+    max_unreadable: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
 class TrackingConfig(_Section):

@@ -162,11 +162,14 @@ def recognition_rows(
         ("mean_class", f"{label}mean-class"),
         ("pair_acc", "direction pairs"),
     ]
-    return [
+    rows = [
         (name, value)
         for key, name in names
         if (value := percent(metrics, f"{prefix}{key}")) is not None
     ]
+    if unreadable := int(metrics.get(f"{prefix}unreadable", 0)):
+        rows.append((f"{label}unreadable", f"{unreadable} videos left out (not decodable)"))
+    return rows
 
 
 def retrieval_rows(metrics: dict[str, float], *, prefix: str) -> list[tuple[str, str]]:

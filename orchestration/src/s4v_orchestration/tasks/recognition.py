@@ -204,6 +204,7 @@ class RecognitionTask(Task):
             prefetch_factor=config.data.prefetch_factor,
             persistent_workers=config.data.persistent_workers,
             seed=config.seed,
+            eval_items=True,
         )
 
     def val_loader(self, run: RunContext) -> DataLoader:
@@ -233,14 +234,22 @@ class RecognitionTask(Task):
     @torch.no_grad()
     def predict(
         self, model: nn.Module, loader: DataLoader, run: RunContext, *, description: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of every item over all ranks: (N, K) logits, or view-averaged probabilities
-        when the loader yields views ``(B, V, T, 3, S, S)``; and the (N,) labels."""
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Scores of every decodable item over all ranks: (N, K) logits, or view-averaged
+        probabilities when the loader yields views ``(B, V, T, 3, S, S)``; the (N,) labels; and
+        the number of items left out because they could not be decoded (never replaced).
+
+        Raises:
+            DataError: more than ``eval.max_unreadable`` of the items (or all) are unreadable.
+        """
         was_training = model.training
         model.eval()
-        scores, labels = [], []
-        for clips, batch_labels in run.track(loader, len(loader), description):
-            clips = clips.to(run.device, non_blocking=True)
+        scores, labels, indices, unreadable = [], [], [], []
+        for batch in run.track(loader, len(loader), description):
+            unreadable += batch.unreadable
+            if batch.clips is None:
+                continue
+            clips = batch.clips.to(run.device, non_blocking=True)
             if clips.ndim == 6:
                 views = clips.shape[1]
                 logits = model(rearrange(clips, "b v t c h w -> (b v) t c h w"))
@@ -248,40 +257,49 @@ class RecognitionTask(Task):
             else:
                 batch_scores = model(clips).float()
             scores.append(batch_scores.float().cpu())
-            labels.append(batch_labels.cpu())
-        order = list(loader.sampler)  # the dataset indices this rank saw, in order
+            labels.append(batch.labels)
+            indices.append(batch.indices)
         model.train(was_training)
-        gathered = run.env.all_gather((torch.cat(scores), torch.cat(labels), order))
+        mine = (
+            torch.cat(scores) if scores else torch.empty(0, _num_classes(run.parts)),
+            torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
+            torch.cat(indices) if indices else torch.empty(0, dtype=torch.long),
+            unreadable,
+        )
+        gathered = run.env.all_gather(mine)
+        unreadable = sorted(i for *_, bad in gathered for i in bad)
+        _check_readable(loader.dataset, unreadable, run.config.eval.max_unreadable)
         # Restore the dataset order so every rank (and a single process) sees the same tensors.
-        indices = torch.tensor([i for _, _, o in gathered for i in o])
-        permutation = indices.argsort()
-        all_scores = torch.cat([s for s, _, _ in gathered])[permutation]
-        all_labels = torch.cat([lab for _, lab, _ in gathered])[permutation]
-        return all_scores, all_labels
+        permutation = torch.cat([i for _, _, i, _ in gathered]).argsort()
+        all_scores = torch.cat([s for s, _, _, _ in gathered])[permutation]
+        all_labels = torch.cat([lab for _, lab, _, _ in gathered])[permutation]
+        return all_scores, all_labels, len(unreadable)
 
     def metrics(
-        self, scores: torch.Tensor, labels: torch.Tensor, run: RunContext
+        self, scores: torch.Tensor, labels: torch.Tensor, run: RunContext, unreadable: int = 0
     ) -> dict[str, float]:
-        """top1, top5, mean_class (percent), and pair_acc for time-reversed class pairs."""
+        """top1, top5, mean_class (percent), pair_acc for time-reversed class pairs, and the
+        count of ``unreadable`` videos left out of them."""
         out = topk_accuracy(scores, labels, ks=(1, 5))
         out["mean_class"] = mean_class_accuracy(scores, labels, _num_classes(run.parts))
         pairs = _time_reversed_pairs(run.config)
         if pairs:
             out["pair_acc"] = pair_accuracy(scores, labels, pairs)
+        out["unreadable"] = float(unreadable)
         return out
 
     def validate(self, model: nn.Module, loader: DataLoader, run: RunContext) -> dict[str, float]:
-        scores, labels = self.predict(model, loader, run, description="validate")
-        return self.metrics(scores, labels, run)
+        scores, labels, unreadable = self.predict(model, loader, run, description="validate")
+        return self.metrics(scores, labels, run, unreadable)
 
     def final_test(self, model: nn.Module, run: RunContext, out_dir: Path) -> Evaluation:
         config = run.config
         dataset = self._dataset(config, "test", "test", _num_classes(run.parts))
         views = f"{config.eval.test_crops}x{config.eval.test_clips}"
-        scores, labels = self.predict(
+        scores, labels, unreadable = self.predict(
             model, self.eval_loader(dataset, run), run, description=f"test {views}"
         )
-        metrics = self.metrics(scores, labels, run)
+        metrics = self.metrics(scores, labels, run, unreadable)
         files = []
         if run.env.is_main:
             files = write_recognition_report(
@@ -293,3 +311,16 @@ class RecognitionTask(Task):
                 views=views,
             )
         return Evaluation(metrics=metrics, files=files)
+
+
+def _check_readable(dataset: Any, unreadable: list[int], limit: float) -> None:
+    """Fail when more than ``limit`` of the evaluated videos (or all) could not be decoded."""
+    total = len(dataset)
+    if not unreadable or (len(unreadable) < total and len(unreadable) <= limit * total):
+        return
+    examples = ", ".join(dataset.records[i].path for i in unreadable[:3])
+    raise DataError(
+        f"{len(unreadable)} of the {total} videos of {dataset.list_file} could not be decoded "
+        f"(e.g. {examples}), more than eval.max_unreadable={limit:g} of them; repair or remove "
+        "them (`s4v data check --depth all` lists every bad entry)"
+    )

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -35,10 +36,13 @@ from s4v_data.specs import DatasetSpec, FlipMode
 from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
 
 __all__ = [
+    "EvalBatch",
+    "EvalItems",
     "SkipBadSamples",
     "VideoClipDataset",
     "available_workers",
     "collate_clips",
+    "collate_eval",
     "make_loader",
 ]
 
@@ -67,8 +71,10 @@ class VideoClipDataset(Dataset):
         test_clips: temporal clips in test mode.
         flip: override the spec's flip mode (``"swap-labels"``, ``"plain"``, ``"none"``).
         num_classes: labels must lie in ``0..num_classes-1``; default the spec's.
-        min_frames: outside test mode, rawframe-list entries with fewer frames are dropped (as the
-            reference does with 8).
+        min_frames: in training, rawframe-list entries with fewer frames are dropped (as the
+            reference does with 8). Validation and test keep every entry (the reference also drops
+            them from validation, so that its validation and test sets differ); one that cannot
+            be decoded is left out and counted by :func:`make_loader` with ``eval_items``.
         frame_count: ``"folder"`` counts each frame folder (as the reference); ``"list"`` trusts
             the list's count.
         isolate_decoding: decode videos in a helper process with a time-out (a hanging or
@@ -147,7 +153,7 @@ class VideoClipDataset(Dataset):
             kind = "rawframe" if is_rawframe_list else "video"
             raise ValueError(f"{self.list_file}: a {kind} list cannot feed source={self.source!r}")
         check_labels(records, self.num_classes, self.list_file)
-        if is_rawframe_list and self.mode != "test":
+        if is_rawframe_list and self.mode == "train":
             kept = [r for r in records if r.num_frames is not None and r.num_frames >= min_frames]
             if len(kept) < len(records):
                 log.info(
@@ -251,6 +257,59 @@ class SkipBadSamples(Dataset):
         )
 
 
+class EvalItems(Dataset):
+    """Evaluation items ``(index, clip, label)``; an undecodable sample is ``(index, None, None)``.
+
+    Evaluation never replaces a sample by another (that would count a video twice): it is left
+    out of the batch, logged with its file and reported in :attr:`EvalBatch.unreadable`.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        try:
+            clip, label = self.dataset[index]
+        except DecodeError as e:
+            log.warning("leaving out an undecodable sample: %s", e)
+            return index, None, None
+        return index, clip, label
+
+
+@dataclass(frozen=True, slots=True)
+class EvalBatch:
+    """A batch of evaluation items: ``clips`` (None when every item was unreadable), ``labels``
+    and dataset ``indices`` of the decoded items, and the indices of the ``unreadable`` ones."""
+
+    clips: torch.Tensor | None
+    labels: torch.Tensor
+    indices: torch.Tensor
+    unreadable: list[int]
+
+    def pin_memory(self) -> EvalBatch:
+        clips = None if self.clips is None else self.clips.pin_memory()
+        return EvalBatch(clips, self.labels.pin_memory(), self.indices, self.unreadable)
+
+
+def collate_eval(batch: Sequence[tuple[int, torch.Tensor | None, int | None]]) -> EvalBatch:
+    """Stack the decoded :class:`EvalItems` items; list the indices of the unreadable ones."""
+    kept = [item for item in batch if item[1] is not None]
+    return EvalBatch(
+        clips=torch.stack([clip for _, clip, _ in kept]) if kept else None,
+        labels=torch.tensor([int(label) for _, _, label in kept], dtype=torch.long),
+        indices=torch.tensor([index for index, _, _ in kept], dtype=torch.long),
+        unreadable=[index for index, clip, _ in batch if clip is None],
+    )
+
+
 def collate_clips(
     batch: Sequence[tuple[torch.Tensor, int | torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +336,7 @@ def make_loader(
     sampler: Sampler | None = None,
     pin_memory: bool | None = None,
     skip_bad_samples: bool = True,
+    eval_items: bool = False,
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
 ) -> DataLoader:
@@ -295,11 +355,17 @@ def make_loader(
         drop_last: drop a last incomplete batch.
         sampler: e.g. a DistributedSampler; replaces ``shuffle``.
         pin_memory: default: when CUDA is available.
-        skip_bad_samples: wrap in :class:`SkipBadSamples` (a bad video is replaced and logged).
+        skip_bad_samples: wrap in :class:`SkipBadSamples` (a bad video is replaced and logged;
+            for training).
+        eval_items: yield :class:`EvalBatch` es instead (a bad video is left out and listed,
+            never replaced; for evaluation); ``skip_bad_samples`` is then ignored.
         persistent_workers: keep workers (and their decoder processes) alive between epochs.
         prefetch_factor: batches each worker loads ahead (torch's default 2 when None).
     """
-    if skip_bad_samples and not isinstance(dataset, SkipBadSamples):
+    collate = collate_clips
+    if eval_items:
+        dataset, collate = EvalItems(dataset), collate_eval
+    elif skip_bad_samples and not isinstance(dataset, SkipBadSamples):
         dataset = SkipBadSamples(dataset)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -308,7 +374,7 @@ def make_loader(
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_clips,
+        collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         generator=generator,
