@@ -91,12 +91,25 @@ def _sweep_command(sweep_file: Path, folder: Path, *extra: str) -> list[str]:
     ]
 
 
-def _run_sweep(sweep_file: Path, folder: Path, *extra: str, env=None) -> SweepRun:
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def _from_outside(command: list[str]) -> list[str]:
+    """``command`` as a user starts it from a folder of their own, outside the repository:
+    ``uv run --project REPO`` (Ray's hook for `uv run` used to refuse it)."""
+    return ["uv", "run", "--project", str(REPOSITORY), "--no-sync", "python", *command[1:]]
+
+
+def _run_sweep(
+    sweep_file: Path, folder: Path, *extra: str, env=None, outside: bool = False
+) -> SweepRun:
+    command = _sweep_command(sweep_file, folder, *extra)
     result = subprocess.run(
-        _sweep_command(sweep_file, folder, *extra),
+        _from_outside(command) if outside else command,
         capture_output=True,
         text=True,
         env=env,
+        cwd=folder if outside else None,
         timeout=540,
     )
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -161,7 +174,9 @@ def _completed_trials(uri: str) -> int:
 
 
 def test_resume_after_ctrl_c_keeps_finished_trials(tmp_path: Path, synthetic_root: Path) -> None:
-    """A local Ray started by the sweep; Ctrl-C once the short trial has finished, then --resume."""
+    """A local Ray started by the sweep from a folder outside the repository (`uv run --project`);
+    Ctrl-C once the short trial has finished, then --resume."""
+    assert not tmp_path.is_relative_to(REPOSITORY)
     sweep_file = _write_sweep(
         tmp_path,
         "resumable",
@@ -170,7 +185,8 @@ def test_resume_after_ctrl_c_keeps_finished_trials(tmp_path: Path, synthetic_roo
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = subprocess.Popen(
-        _sweep_command(sweep_file, tmp_path, "--num-cpus", "2"),
+        _from_outside(_sweep_command(sweep_file, tmp_path, "--num-cpus", "2")),
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -181,7 +197,9 @@ def test_resume_after_ctrl_c_keeps_finished_trials(tmp_path: Path, synthetic_roo
         assert sweep.poll() is None, sweep.stdout.read()
         assert time.monotonic() < deadline, "the first trial did not finish"
         time.sleep(0.5)
-    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+    # Ctrl-C to `uv run`, which forwards it to the sweep (a signal to the whole group would
+    # reach the sweep twice: once directly and once forwarded by uv).
+    os.kill(sweep.pid, signal.SIGINT)
     out, _ = sweep.communicate(timeout=180)
     assert sweep.returncode == 130, out
     assert "--resume" in out
@@ -192,7 +210,7 @@ def test_resume_after_ctrl_c_keeps_finished_trials(tmp_path: Path, synthetic_roo
     short = next(c for c in _children(client, parent) if c.info.status == "FINISHED")
     assert short.data.params["solver.epochs"] == "1"
 
-    resumed = _run_sweep(sweep_file, tmp_path, "--num-cpus", "2", "--resume")
+    resumed = _run_sweep(sweep_file, tmp_path, "--num-cpus", "2", "--resume", outside=True)
     assert resumed.result.returncode == 0, _output(resumed)
     finished = _assert_finished_children(resumed, "resumable", {"1": 1, "4": 4})
     again = next(c for c in finished if c.info.run_id == short.info.run_id)

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import ray
+from ray._private import ray_constants
 
 from s4v_orchestration.sweep.tracking import is_server_uri
 
@@ -36,6 +40,8 @@ def connect_ray(
 ) -> bool:
     """Start a local Ray (returns True: we own it) or join the cluster at ``address``.
 
+    A local Ray's trial workers run this very interpreter (``py_executable``), in its environment,
+    from any working directory; a cluster's workers run the Python its nodes were started with.
     With ``verbose`` 0 Ray keeps its INFO messages and the trials' own output to its log files
     (``<ray temp dir>/session_latest/logs``): s4v prints a line per trial event instead. 1 lets
     Ray's INFO messages through, 2 also the trials' output.
@@ -49,11 +55,37 @@ def connect_ray(
         # with short epochs, that it snapshots its state often (each epoch is a checkpoint).
         for name in ("ray.tune.utils.callback", "ray.tune.execution.experiment_state"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    if address is None:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
-        return True
-    ray.init(address=address, **quiet)
+    with _without_uv_run_hook():
+        if address is None:
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                runtime_env={"py_executable": sys.executable},
+                **quiet,
+            )
+            return True
+        ray.init(address=address, **quiet)
     return False
+
+
+@contextmanager
+def _without_uv_run_hook() -> Iterator[None]:
+    """Turn off Ray's runtime-environment hook for drivers started by ``uv run`` while Ray starts.
+
+    The hook replaces the job's environment by ``uv run ... python`` in an uploaded copy of the
+    working directory, and refuses to start (``RuntimeError: Your .../pyproject.toml is not in
+    the working_dir``) unless the directory holds the project: ``s4v sweep`` started from a
+    sub-folder or with ``uv run --project`` failed before any trial. Ray documents turning it off
+    (``RAY_ENABLE_UV_RUN_RUNTIME_ENV``, read into ``ray_constants``) when the driver chooses the
+    workers' environment itself, as :func:`connect_ray` does.
+    """
+    previous = ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+    try:
+        yield
+    finally:
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = previous
 
 
 def check_trials_can_log(tracking_uri: str, address: str | None) -> None:
