@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,9 @@ def test_resolved_config_round_trips_through_yaml(tmp_path: Path, monkeypatch) -
     assert config.data.root == tmp_path / "cache" / "synthetic"
     assert config.tracking.uri == "sqlite:///x.db"
     assert config.tracking.experiment == "recognition-synthetic"
-    assert config.output_dir.name == "recognition-synthetic-tiny-side4video"
+    assert re.fullmatch(
+        r"recognition-synthetic-tiny-side4video-\d{8}-\d{6}", config.output_dir.name
+    )
     assert config.with_defaults() == config
     path = tmp_path / "resolved.yaml"
     path.write_text(to_yaml(config))
