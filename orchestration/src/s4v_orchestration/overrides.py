@@ -81,6 +81,7 @@ def read_yaml_config(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    _refuse_duplicate_keys(path, tree)
     if data is None:
         return {}, None
     if not isinstance(data, dict):
@@ -88,6 +89,26 @@ def read_yaml_config(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
             f"{path}: the top level must be a mapping of sections (data:, model:, ...)"
         )
     return data, tree
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, prefix: str = "") -> None:
+    """YAML lets a later key silently replace an earlier one; a run config must not."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(path, item, prefix)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key, value in node.value:
+        name = f"{prefix}{key.value}"
+        line = key.start_mark.line + 1
+        if key.value in seen:
+            raise ConfigError(
+                f"{path} line {line}: {name} is given twice (first on line {seen[key.value]}); "
+                "keep one"
+            )
+        seen[key.value] = line
+        _refuse_duplicate_keys(path, value, f"{name}.")
 
 
 # A typed override from a CLI shortcut: (dotted field path, value, the option that set it).
@@ -195,8 +216,14 @@ def _describe(
     for item in err.errors():
         loc = tuple(str(part) for part in item["loc"])
         field = ".".join(loc) or "(top level)"
+        # A --set below an unknown section (data.foo.bar=1) is reported at the section.
         source = next(
-            (src for path, src in override_source.items() if loc[: len(path)] == path), None
+            (
+                src
+                for path, src in override_source.items()
+                if loc[: len(path)] == path or path[: len(loc)] == loc
+            ),
+            None,
         )
         if source is None and file_tree is not None and _in_tree(file_data, loc):
             source = f"{config_file} line {_yaml_line(file_tree, loc)}"
