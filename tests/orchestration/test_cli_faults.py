@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from s4v_orchestration.cli import app
@@ -74,3 +81,37 @@ def test_default_output_folders_are_timestamped_and_resume_takes_the_latest(in_t
     (in_tmp / "runs" / "recognition-synthetic-tiny-side4video-mine").mkdir()
     assert latest_output_dir(config) == newer
     assert latest_output_dir(load_run_config("recognition", "ssv1")) is None
+
+
+def test_sigterm_to_the_process_group_stops_cleanly(in_tmp, tiny_overrides) -> None:
+    """What `timeout`, SLURM and Kubernetes do: SIGTERM to the run and its loader workers."""
+    store = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    sets = tiny_overrides(
+        "out",
+        **{"data.num_workers": 2, "solver.epochs": 50, "tracking.enabled": True},
+    )
+    command = [sys.executable, "-m", "s4v_orchestration", "run", "recognition"]
+    command += ["--dataset", "synthetic", "--tracking-uri", store, *_sets(sets)]
+    run = subprocess.Popen(
+        command, cwd=in_tmp, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while _loader_workers(run.pid) < 2:  # the validation loader's workers stay alive
+        assert run.poll() is None, run.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(2.0)
+    os.killpg(run.pid, signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert "killed by signal" not in err and "RuntimeError" not in err, err
+    assert "--resume" in err
+    client = MlflowClient(store)
+    [record] = client.search_runs(
+        [client.get_experiment_by_name("recognition-synthetic").experiment_id]
+    )
+    assert record.info.status == "KILLED"
+
+
+def _loader_workers(pid: int) -> int:
+    return sum("s4v_orchestration" in " ".join(p.cmdline()) for p in psutil.Process(pid).children())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,6 +371,7 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
+        worker_init_fn=ignore_stop_signals,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
@@ -381,6 +383,17 @@ def make_loader(
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a loader worker: leave SIGINT and SIGTERM to the main process.
+
+    A terminal's Ctrl-C and the SIGTERM of ``timeout``, SLURM or Kubernetes reach the whole
+    process group. The main process stops cleanly and shuts its workers down; a worker killed by
+    the signal instead made the main process fail with ``DataLoader worker ... killed by signal``.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def available_workers(processes_on_node: int = 1, *, cap: int = 16) -> int:
