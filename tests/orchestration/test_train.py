@@ -124,3 +124,26 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_config) -> None:
         CheckpointError, match=rf"solver.lr: {config.solver.lr} \(checkpoint\) vs 0.5"
     ):
         train(changed)
+
+
+def test_a_resumed_partial_epoch_logs_its_step_metrics_once(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tiny_config(
+        "partial", **{"tracking.enabled": True, "tracking.uri": store, "tracking.log_every": 1}
+    )
+    last = config.with_defaults().output_dir / "last.pt"
+    after_first = tmp_path / "after-first.pt"
+
+    def killed_late_in_epoch_two(epoch, metrics, checkpoint, run_id):
+        if epoch == 1:
+            after_first.write_bytes(checkpoint.read_bytes())
+        else:  # epoch 2 logged its steps; its checkpoint is lost with the kill
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_epoch_end=killed_late_in_epoch_two)
+    run_id = load_checkpoint(last)["mlflow_run_id"]
+    train(config.model_copy(update={"resume": after_first}))
+    steps = [m.step for m in MlflowClient(store).get_metric_history(run_id, "train/loss")]
+    assert steps == sorted(set(steps)) and len(steps) > 2

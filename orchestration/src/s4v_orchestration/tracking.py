@@ -188,6 +188,12 @@ class Tracker:
                 metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
             )
 
+    def last_step(self, key: str) -> int:
+        """The highest step logged for metric ``key`` (0 when none, or tracking is off)."""
+        if not self.enabled:
+            return 0
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=0)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self.client.log_artifact(self.run_id, str(path), artifact_path)

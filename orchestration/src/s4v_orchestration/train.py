@@ -67,6 +67,9 @@ class TrainState:
     best_epoch: int = 0
     run_id: str | None = None  # MLflow run to continue on resume
     last_metrics: dict[str, float] = field(default_factory=dict)
+    # The last step whose step metrics the continued MLflow run already holds (not saved): the
+    # steps of an epoch cut short by an interruption are run again but logged once.
+    logged_step: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,6 +330,7 @@ def _start_tracking(run: _Run, state: TrainState, tracker: Tracker) -> None:
         (run.out_dir / "config.yaml").write_text(to_yaml(config))
         if tracker.continued:
             tracker.set_tags({"s4v.resumed_from": f"{config.resume} (epoch {state.epoch})"})
+            state.logged_step = tracker.last_step("train/loss")
         else:
             params, tags = run_params(config)
             tracker.log_params(params)
@@ -462,14 +466,15 @@ def _train_one_epoch(
 
         lr = _optimizer_step(run, state)
         if state.step % run.config.tracking.log_every == 0 or state.step == 1:
-            tracker.log_metrics(
-                {
-                    "train/loss": window.mean_loss,
-                    "train/lr": lr,
-                    "train/clips_per_s": window.clips_per_s(),
-                },
-                step=state.step,
-            )
+            if state.step > state.logged_step:
+                tracker.log_metrics(
+                    {
+                        "train/loss": window.mean_loss,
+                        "train/lr": lr,
+                        "train/clips_per_s": window.clips_per_s(),
+                    },
+                    step=state.step,
+                )
             run.ui.set_info(description, f"loss {window.mean_loss:.3f}  lr {lr:.2e}")
             window = _LossMeter(start=time.perf_counter())
         if solver.max_steps is not None and state.step >= solver.max_steps:
