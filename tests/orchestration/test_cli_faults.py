@@ -12,6 +12,7 @@ import time
 
 import psutil
 import pytest
+import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -115,3 +116,23 @@ def test_sigterm_to_the_process_group_stops_cleanly(in_tmp, tiny_overrides) -> N
 
 def _loader_workers(pid: int) -> int:
     return sum("s4v_orchestration" in " ".join(p.cmdline()) for p in psutil.Process(pid).children())
+
+
+def test_convert_says_an_s4v_checkpoint_is_one_already(in_tmp) -> None:
+    source = in_tmp / "best.pt"
+    torch.save({"format": "s4v-checkpoint", "version": 1, "model": {}}, source)
+    result = _invoke(
+        [
+            "convert",
+            "side4video",
+            str(source),
+            "out/new.pt",
+            "--preset",
+            "tiny",
+            "--num-classes",
+            "8",
+        ]
+    )
+    assert result.exit_code == 2, result.output
+    assert "is already an s4v checkpoint" in result.output
+    assert "not a tensor" not in result.output

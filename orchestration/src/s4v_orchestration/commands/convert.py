@@ -81,7 +81,7 @@ def side4video(
         err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
         raise typer.Exit(2) from None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    console.print(f"[bold]wrote[/bold] {target}", highlight=False)
+    console.print(f"[bold]wrote[/bold] {target.resolve()}", highlight=False)
     console.print(f"  preset      {preset} ({model.preset.backbone}, {model.num_frames} frames)")
     console.print(f"  classes     {num_classes}")
     console.print(f"  trainable   {trainable:,} parameters")

@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from s4v_core.weights import WeightsFileError, read_torch_file
+from s4v_core.weights import CHECKPOINT_FORMAT, WeightsFileError, read_torch_file
 
-FORMAT = "s4v-checkpoint"
+FORMAT = CHECKPOINT_FORMAT
 VERSION = 1
 # Fields every s4v checkpoint has (besides format and version).
 REQUIRED_FIELDS = ("task", "backbone", "model")

@@ -22,6 +22,10 @@ from torch import nn
 _LISTED = 5  # keys named per kind of problem; the count says how many more there are
 
 
+# The format tag of s4v's own checkpoints (s4v_core.checkpoint.FORMAT), told apart from weights.
+CHECKPOINT_FORMAT = "s4v-checkpoint"
+
+
 class WeightsFileError(ValueError):
     """A weights file that is missing, unreadable, or whose content does not fit: the message is
     one line naming the file (or other source) and, where one is at fault, the key."""
@@ -99,6 +103,11 @@ def read_state_dict(
         raise WeightsFileError(
             f"{path}: expected a state dict (a dict of tensors, or one under {expected}), "
             f"found {'an empty dict' if isinstance(content, dict) else type(content).__name__}"
+        )
+    if content.get("format") == CHECKPOINT_FORMAT:
+        raise WeightsFileError(
+            f"{path} is already an s4v checkpoint (written by s4v run or s4v convert): use it "
+            f"as it is, e.g. s4v eval recognition --checkpoint {path}"
         )
     state = {}
     for key, value in content.items():
