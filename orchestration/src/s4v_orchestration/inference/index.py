@@ -334,14 +334,20 @@ class VideoIndex:
         """:meth:`search` for one caption already encoded."""
         if not self.paths:
             return []
-        scores, rows = self.file_scores(self.scores_for(text, shortlist=shortlist))
-        order = scores[0].argsort(descending=True)[:k]
+        scores = self.scores_for(text, shortlist=shortlist)[0]
+        rows = torch.isfinite(scores).nonzero()[:, 0]  # the scored segments (all, or a shortlist)
+        values = scores[rows]
+        files, where = torch.unique(self.owner[rows], return_inverse=True)
+        best = torch.full((len(files),), -torch.inf).scatter_reduce(0, where, values, "amax")
+        # Each file's best-scoring segment (the last one on a tie).
+        is_best = values == best[where]
+        best_row = torch.full((len(files),), -1).scatter_reduce(
+            0, where, torch.where(is_best, rows, -1), "amax"
+        )
+        order = best.argsort(descending=True)[:k]
         hits = []
-        for number in order.tolist():
-            if scores[0, number] == -torch.inf:
-                break
-            start, end = self.spans[int(rows[0, number])]
-            hits.append(
-                Hit(path=self.paths[number], score=float(scores[0, number]), start=start, end=end)
-            )
+        for position in order.tolist():
+            start, end = self.spans[int(best_row[position])]
+            path = self.paths[int(files[position])]
+            hits.append(Hit(path=path, score=float(best[position]), start=start, end=end))
         return hits
