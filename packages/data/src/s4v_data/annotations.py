@@ -11,6 +11,7 @@ Every parse error names the file and the 1-based line number.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +46,20 @@ class VideoRecord:
 def _split_lines(path: Path) -> Iterable[tuple[int, list[str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"annotation list {path} does not exist")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if fields:  # blank lines are allowed (trailing newlines in the wild)
-                yield lineno, fields
+    for lineno, line in enumerate(_text(path).splitlines(), start=1):
+        fields = line.split()
+        if fields:  # blank lines are allowed (trailing newlines in the wild)
+            yield lineno, fields
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text, a byte-order mark (as some editors write) dropped."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise AnnotationError(
+            f"{path}: not UTF-8 text (byte {err.start} cannot be decoded); save it as UTF-8"
+        ) from None
 
 
 def _parse_int(text: str, what: str, where: str) -> int:
@@ -95,11 +105,16 @@ def read_video_list(path: str | Path) -> list[VideoRecord]:
 
 
 def read_list(path: str | Path) -> list[VideoRecord]:
-    """Parse either list format, decided by the number of fields on the first line."""
+    """Parse either list format, decided by the number of fields most lines have (so that a
+    malformed line is blamed, even the first)."""
     path = Path(path)
-    for _, fields in _split_lines(path):
-        return read_rawframe_list(path) if len(fields) == 3 else read_video_list(path)
-    return []
+    counts = [len(fields) for _, fields in _split_lines(path)]
+    if not counts:
+        return []
+    rawframes = sum(n == 3 for n in counts) > sum(n == 2 for n in counts)
+    if sum(n == 3 for n in counts) == sum(n == 2 for n in counts):
+        rawframes = counts[0] == 3
+    return read_rawframe_list(path) if rawframes else read_video_list(path)
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -107,8 +122,7 @@ def read_labels(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label file {path} does not exist")
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(_text(path), newline="")))
     if not rows or [c.strip().lower() for c in rows[0]] != ["id", "name"]:
         raise AnnotationError(f"{path}:1: expected the header 'id,name'")
     names = []

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from s4v_data._helper import Helper, HelperDied, HelperError, HelperTimeout
-from s4v_data.annotations import VideoRecord, read_list
+from s4v_data.annotations import AnnotationError, VideoRecord, read_list
 from s4v_data.extract import CACHE_FILE
 
 __all__ = ["CheckReport", "Problem", "check_dataset"]
@@ -162,6 +162,8 @@ def check_dataset(
     """
     list_file, root = Path(list_file), Path(root)
     records = read_list(list_file)
+    if not records:
+        raise AnnotationError(f"{list_file}: the list is empty (no entry to train or evaluate on)")
     source = "video" if records and records[0].num_frames is None else "rawframes"
     report = CheckReport(list_file=list_file, source=source, entries=len(records))
     cache = root / CACHE_FILE
