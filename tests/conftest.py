@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-# One intra-op thread per test process: `uv run pytest` runs two xdist workers on the two cores
-# (addopts), and tensors as small as the tests' gain nothing from more threads.
+# One intra-op thread per test process: with `-n 2` two xdist workers share the two cores, and
+# tensors as small as the tests' gain nothing from more threads.
 torch.set_num_threads(1)
 
 # Tests that start other processes (a Ray cluster, torchrun or DDP ranks, a server) each want the
 # whole machine and ports of their own: under xdist they all go to one worker, one at a time
-# (`--dist loadgroup` in addopts).
+# (`--dist loadgroup`).
 PROCESS_MARKS = ("ray", "processes")
 
 
