@@ -136,3 +136,34 @@ def test_convert_says_an_s4v_checkpoint_is_one_already(in_tmp) -> None:
     assert result.exit_code == 2, result.output
     assert "is already an s4v checkpoint" in result.output
     assert "not a tensor" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--device", "cuda:7"], "device: 'cuda:7' was asked for but CUDA is not available"),
+        (["--batch-size", "64"], "the training set is too small for batch_size 64"),
+        (["--output-dir", "afile/out"], "output_dir: cannot create"),
+    ],
+)
+def test_bad_run_inputs_are_one_line_errors_and_leave_no_mlflow_run(
+    in_tmp, tiny_overrides, extra, message
+) -> None:
+    (in_tmp / "afile").write_text("a file, not a folder")
+    store = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    sets = tiny_overrides("out", **{"tracking.enabled": True})
+    replaced = (
+        {"--batch-size": "data.batch_size=", "--output-dir": "output_dir="}[extra[0]]
+        if extra[0] in ("--batch-size", "--output-dir")
+        else None
+    )
+    sets = [s for s in sets if replaced is None or not s.startswith(replaced)]  # --set wins
+    command = ["run", "recognition", "--dataset", "synthetic", "--tracking-uri", store]
+    result = _invoke([*command, *_sets(sets), *extra])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+    if (in_tmp / "mlflow.db").exists():
+        client = MlflowClient(store)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [r.info.status for r in runs] == []

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from s4v_orchestration.config import ConfigError
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DistEnv:
@@ -71,7 +73,10 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
             requested = "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} was asked for but CUDA is not available")
+            raise ConfigError(
+                f"device: {requested!r} was asked for but CUDA is not available on this machine "
+                "(`s4v doctor` shows what torch sees); use --device cpu or auto"
+            )
         if requested == "cuda":
             requested = f"cuda:{local_rank}"
     return torch.device(requested)

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from s4v_core.checkpoint import load_checkpoint, save_checkpoint
-from s4v_orchestration.config import RunConfig, run_params, to_yaml
+from s4v_orchestration.config import ConfigError, RunConfig, run_params, to_yaml
 from s4v_orchestration.inference.loading import ModelLoadError
 from s4v_orchestration.inference.pyfunc import log_pyfunc
 from s4v_orchestration.progress import RunProgress
@@ -260,7 +260,7 @@ def _steps_per_epoch(task: Task, run: RunContext) -> int:
     accumulation = config.solver.grad_accumulation
     steps = len(task.train_loader(run, epoch=0)) // accumulation
     if steps == 0:
-        raise ValueError(
+        raise ConfigError(
             f"the training set is too small for batch_size {config.data.batch_size} x "
             f"{env.world_size} processes x grad_accumulation {accumulation}: no full step per epoch"
         )
