@@ -144,6 +144,7 @@ def test_convert_says_an_s4v_checkpoint_is_one_already(in_tmp) -> None:
         (["--device", "cuda:7"], "device: 'cuda:7' was asked for but CUDA is not available"),
         (["--batch-size", "64"], "the training set is too small for batch_size 64"),
         (["--output-dir", "afile/out"], "output_dir: cannot create"),
+        (["--pretrained", "/nonexistent.pt"], "model.pretrained: no weights file"),
     ],
 )
 def test_bad_run_inputs_are_one_line_errors_and_leave_no_mlflow_run(

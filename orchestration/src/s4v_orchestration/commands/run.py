@@ -348,6 +348,11 @@ def _with_output_dir(config: RunConfig, options: RunOptions) -> RunConfig:
             )
         config = config.model_copy(update={"output_dir": latest})
     config = config.with_defaults()
+    pretrained = config.model.pretrained
+    # A path (not an open_clip tag such as openai) must name an existing file.
+    is_path = pretrained is not None and ("/" in pretrained or "\\" in pretrained)
+    if is_path and not Path(pretrained).is_file():
+        raise ConfigError(f"model.pretrained: no weights file {pretrained!r}")
     out_dir = Path(config.output_dir)
     held = [name for name in ("last.pt", "best.pt") if (out_dir / name).is_file()]
     if held and not resuming and not options.overwrite:
