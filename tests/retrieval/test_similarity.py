@@ -120,3 +120,20 @@ def test_blockwise_scores_equal_the_full_matrix() -> None:
     score_block = blockwise_scores(head, text, video, video_chunk=3)
     torch.testing.assert_close(score_block(0, 3), full)
     torch.testing.assert_close(score_block(1, 2), full[1:2])
+
+
+def test_wti_with_stored_frame_weights_equals_computing_them() -> None:
+    """A search index stores each video's frame weights (they depend on the video alone)."""
+    torch.manual_seed(0)
+    head = WTISimilarity(16)
+    text = TextFeatures(
+        tokens=torch.randn(3, 5, 16),
+        mask=torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool),
+        pooled=torch.randn(3, 16),
+    )
+    video = VideoFeatures(frames=torch.randn(4, 6, 16), mask=torch.ones(4, 6, dtype=torch.bool))
+    stored = VideoFeatures(
+        frames=video.frames, mask=video.mask, frame_weights=head.frame_weights(video)
+    )
+    torch.testing.assert_close(head(text, stored[1:3]), head(text, video[1:3]), rtol=0, atol=0)
+    assert stored[1:3].frame_weights.shape == (2, 6)

@@ -33,7 +33,7 @@ from s4v_orchestration.inference.media import (
 )
 from s4v_recognition.metrics import average_views
 from s4v_retrieval import tokenizer_for
-from s4v_retrieval.similarity import TextFeatures, VideoFeatures
+from s4v_retrieval.similarity import TextFeatures, VideoFeatures, WTISimilarity
 
 Source = str | Path | torch.Tensor
 Track = Callable[[Iterable, int], Iterable]
@@ -288,18 +288,42 @@ class Retriever(_Model):
         )
 
     @torch.no_grad()
-    def scores(
-        self, text: TextFeatures, frames: torch.Tensor | np.ndarray, *, chunk: int = 512
-    ) -> torch.Tensor:
-        """The model's similarity ``(captions, videos)`` of captions to per-frame embeddings
-        ``(videos, T, E)`` (the head the run was evaluated with, ``wti`` or ``meanP``)."""
+    def frame_weights(self, frames: torch.Tensor, *, chunk: int = 512) -> torch.Tensor | None:
+        """The ``wti`` head's frame weights ``(videos, T)`` of per-frame embeddings; they depend on
+        the video alone, so an index stores them (None for ``meanP``, which has none)."""
+        head = self.model.similarity
+        if not isinstance(head, WTISimilarity):
+            return None
         out = []
         for start in range(0, frames.shape[0], chunk):
-            block = frames[start : start + chunk]
-            if not isinstance(block, torch.Tensor):  # e.g. a memory-mapped NumPy array
-                block = torch.from_numpy(np.array(block, dtype=np.float32))
-            block = block.float()
-            video = VideoFeatures(frames=block, mask=torch.ones(block.shape[:2], dtype=torch.bool))
+            block = frames[start : start + chunk].float()
+            mask = torch.ones(block.shape[:2], dtype=torch.bool)
+            out.append(head.frame_weights(VideoFeatures(frames=block, mask=mask)).float())
+        return torch.cat(out) if out else frames.new_empty(frames.shape[:2])
+
+    @torch.no_grad()
+    def scores(
+        self,
+        text: TextFeatures,
+        frames: torch.Tensor | np.ndarray,
+        *,
+        frame_weights: torch.Tensor | np.ndarray | None = None,
+        chunk: int = 512,
+    ) -> torch.Tensor:
+        """The model's similarity ``(captions, videos)`` of captions to per-frame embeddings
+        ``(videos, T, E)`` (the head the run was evaluated with, ``wti`` or ``meanP``);
+        ``frame_weights`` are the stored :meth:`frame_weights` of the same videos, if any."""
+        out = []
+        for start in range(0, frames.shape[0], chunk):
+            block = _tensor(frames[start : start + chunk])
+            weights = None
+            if frame_weights is not None:
+                weights = _tensor(frame_weights[start : start + chunk])
+            video = VideoFeatures(
+                frames=block,
+                mask=torch.ones(block.shape[:2], dtype=torch.bool),
+                frame_weights=weights,
+            )
             out.append(self.model.similarity(text, video).float())
         return torch.cat(out, dim=1)
 
@@ -334,3 +358,10 @@ def load_retriever(
 ) -> Retriever:
     """A :class:`Retriever` from an s4v checkpoint or export (see :func:`load_model`)."""
     return Retriever(load_model(source, device=device, weights=weights), precision=precision)
+
+
+def _tensor(block: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """An fp32 tensor of ``block`` (a memory-mapped NumPy slice is read into memory once)."""
+    if not isinstance(block, torch.Tensor):
+        block = torch.from_numpy(np.array(block, dtype=np.float32))
+    return block.float()

@@ -25,6 +25,7 @@ from s4v_orchestration.inference.api import Recognizer, Retriever
 from s4v_orchestration.inference.export import write_export
 from s4v_orchestration.inference.index import (
     EMBEDDINGS,
+    FRAME_WEIGHTS,
     FRAMES,
     INDEX_FORMAT,
     INDEX_VERSION,
@@ -111,6 +112,9 @@ def _synthetic_index(folder: Path, rows: int, num_frames: int, width: int) -> No
         frames[start : start + len(block)] = block
         mean = torch.from_numpy(block).mean(dim=1)
         embeddings[start : start + len(block)] = F.normalize(mean, dim=-1).numpy()
+    # Frame weights as a wti index stores them (their values do not change the search's cost).
+    logits = torch.from_numpy(rng.standard_normal((rows, num_frames), np.float32))
+    np.save(folder / FRAME_WEIGHTS, logits.softmax(dim=-1).numpy())
     frames.flush()
     embeddings.flush()
     del frames, embeddings

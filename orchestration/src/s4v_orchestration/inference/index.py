@@ -34,10 +34,11 @@ from s4v_orchestration.inference.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from s4v_retrieval.similarity import TextFeatures
 
 INDEX_FORMAT = "s4v-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: frame_weights.npy (the wti head's frame weights, stored)
 MANIFEST = "manifest.json"
 FRAMES = "frames.npy"
 EMBEDDINGS = "embeddings.npy"
+FRAME_WEIGHTS = "frame_weights.npy"  # wti models only
 
 
 class VideoIndexError(RuntimeError):
@@ -216,6 +217,11 @@ def build_index(
     del old_frames
     _save_array(index_dir / FRAMES, frames.numpy().astype(np.float32))
     _save_array(index_dir / EMBEDDINGS, embeddings.numpy().astype(np.float32))
+    weights = retriever.frame_weights(frames)
+    if weights is not None:
+        _save_array(index_dir / FRAME_WEIGHTS, weights.numpy().astype(np.float32))
+    else:
+        (index_dir / FRAME_WEIGHTS).unlink(missing_ok=True)
     manifest = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
@@ -269,6 +275,8 @@ class VideoIndex:
         self.retriever = retriever
         self.frames = np.load(self.dir / FRAMES, mmap_mode="r")
         self.embeddings = np.load(self.dir / EMBEDDINGS, mmap_mode="r")
+        weights = self.dir / FRAME_WEIGHTS
+        self.frame_weights = np.load(weights, mmap_mode="r") if weights.is_file() else None
         files = manifest["files"]
         self.paths = [f["path"] for f in files]
         owner = np.zeros(manifest["rows"], dtype=np.int64)
@@ -300,14 +308,17 @@ class VideoIndex:
         queries = len(text)
         rows = self.frames.shape[0]
         if rows <= shortlist:
-            return self.retriever.scores(text, self.frames)
+            return self.retriever.scores(text, self.frames, frame_weights=self.frame_weights)
         query = F.normalize(text.pooled, dim=-1).numpy()
         first = torch.from_numpy(query @ self.embeddings.T)  # reads the mapped file, no copy
         out = torch.full((queries, rows), -torch.inf)
         candidates = first.topk(shortlist, dim=1).indices
         for q in range(queries):
             chosen = candidates[q].sort().values.numpy()
-            exact = self.retriever.scores(text[q : q + 1], self.frames[chosen])
+            weights = None if self.frame_weights is None else self.frame_weights[chosen]
+            exact = self.retriever.scores(
+                text[q : q + 1], self.frames[chosen], frame_weights=weights
+            )
             out[q, torch.from_numpy(chosen)] = exact[0]
         return out
 

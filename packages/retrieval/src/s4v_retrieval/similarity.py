@@ -62,6 +62,9 @@ class VideoFeatures:
 
     frames: torch.Tensor  # (Bv, T, E) per-frame embeddings
     mask: torch.Tensor  # (Bv, T) bool, True for real (not padded) frames
+    # (Bv, T) WTI frame weights computed once (WTISimilarity.frame_weights), e.g. by a search
+    # index; they depend on the video alone. None: the head computes them.
+    frame_weights: torch.Tensor | None = None
 
     def gathered(self) -> VideoFeatures:
         """The same features from every rank of the process group, concatenated in rank order."""
@@ -71,10 +74,16 @@ class VideoFeatures:
         )
 
     def to(self, device: torch.device | str) -> VideoFeatures:
-        return VideoFeatures(frames=self.frames.to(device), mask=self.mask.to(device))
+        weights = None if self.frame_weights is None else self.frame_weights.to(device)
+        return VideoFeatures(
+            frames=self.frames.to(device), mask=self.mask.to(device), frame_weights=weights
+        )
 
     def __getitem__(self, index: slice) -> VideoFeatures:
-        return VideoFeatures(frames=self.frames[index], mask=self.mask[index])
+        weights = None if self.frame_weights is None else self.frame_weights[index]
+        return VideoFeatures(
+            frames=self.frames[index], mask=self.mask[index], frame_weights=weights
+        )
 
     def __len__(self) -> int:
         return self.frames.shape[0]
@@ -133,12 +142,18 @@ class WTISimilarity(nn.Module):
         self.text_weight = _TokenWeight(width)
         self.frame_weight = _TokenWeight(width)
 
+    def frame_weights(self, video: VideoFeatures) -> torch.Tensor:
+        """``(Bv, T)``: the softmax over each video's valid frames of the frame-weight MLP."""
+        w_frame = self.frame_weight(video.frames).squeeze(-1)  # (Bv, T)
+        return w_frame.masked_fill(~video.mask, -math.inf).softmax(dim=-1)
+
     def forward(self, text: TextFeatures, video: VideoFeatures) -> torch.Tensor:
         """``(Bt, Bv)`` similarities in [-1, 1]."""
         w_text = self.text_weight(text.tokens).squeeze(-1)  # (Bt, L)
         w_text = w_text.masked_fill(~text.mask, -math.inf).softmax(dim=-1)
-        w_frame = self.frame_weight(video.frames).squeeze(-1)  # (Bv, T)
-        w_frame = w_frame.masked_fill(~video.mask, -math.inf).softmax(dim=-1)
+        w_frame = video.frame_weights
+        if w_frame is None:
+            w_frame = self.frame_weights(video)  # (Bv, T)
 
         tokens = F.normalize(text.tokens, dim=-1)
         frames = F.normalize(video.frames, dim=-1)
