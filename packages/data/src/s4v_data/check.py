@@ -121,7 +121,7 @@ def _check_video(
     if depth == "none":
         return 0, []
     try:
-        n = helper.request(("open", str(path), 1), timeout)
+        n = helper.request(("open", str(path), 1, None), timeout)  # None: the default decoder
         if n < 1:
             raise HelperError("the video has no frames")
         indices = sorted({0, n - 1}) if depth == "ends" else list(range(n))
