@@ -165,7 +165,10 @@ def test_a_dataset_file_starts_from_the_recipe_it_names(tmp_path) -> None:
     assert appearance.data.test_list == str((tmp_path / "a" / "test.txt").resolve())
     cfg = appearance.with_defaults()
     assert cfg.tracking.experiment == "recognition-mine"
-    assert cfg.output_dir.name == "recognition-mine-side4video-b16-side4video"
+    # the default output folder is named for the dataset file's name, then the start time
+    assert re.fullmatch(
+        r"recognition-mine-side4video-b16-side4video-\d{8}-\d{6}", cfg.output_dir.name
+    )
 
     motion = load_run_config("recognition", str(_dataset_file(tmp_path / "m", "recipe: motion")))
     assert motion.data.num_sample == 2 and motion.data.rand_augment  # Something-Something's
