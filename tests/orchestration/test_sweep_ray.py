@@ -181,7 +181,9 @@ def test_resume_after_ctrl_c_keeps_finished_trials(tmp_path: Path, synthetic_roo
         tmp_path,
         "resumable",
         synthetic_root,
-        search_space={"solver.epochs": {"type": "grid", "values": [1, 4]}},
+        # The long trial must still be running when the short one has finished and Ctrl-C lands:
+        # at 4 epochs an idle machine finished both first.
+        search_space={"solver.epochs": {"type": "grid", "values": [1, 12]}},
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = subprocess.Popen(
@@ -207,12 +209,14 @@ def test_resume_after_ctrl_c_keeps_finished_trials(tmp_path: Path, synthetic_roo
     parent = _parent(client, "resumable")
     assert parent.info.status == "KILLED"
     assert parent.data.tags["s4v.sweep.state"] == "interrupted"
-    short = next(c for c in _children(client, parent) if c.info.status == "FINISHED")
-    assert short.data.params["solver.epochs"] == "1"
+    children = {c.data.params["solver.epochs"]: c for c in _children(client, parent)}
+    short, long = children["1"], children["12"]
+    assert short.info.status == "FINISHED" and short.data.tags["s4v.trial.state"] == "completed"
+    assert long.info.status == "KILLED" and long.data.tags["s4v.trial.state"] == "unfinished"
 
     resumed = _run_sweep(sweep_file, tmp_path, "--num-cpus", "2", "--resume", outside=True)
     assert resumed.result.returncode == 0, _output(resumed)
-    finished = _assert_finished_children(resumed, "resumable", {"1": 1, "4": 4})
+    finished = _assert_finished_children(resumed, "resumable", {"1": 1, "12": 12})
     again = next(c for c in finished if c.info.run_id == short.info.run_id)
     assert again.info.end_time == short.info.end_time  # the finished trial did not run again
 
