@@ -236,17 +236,24 @@ def test_restarted_trials_leave_one_current_run_and_leftovers_are_closed(store) 
     time.sleep(0.01)  # MLflow orders runs by start time in milliseconds
     new = _child(client, experiment_id, parent, "trial-a", 0.01, [41, 50])  # its restart
     client.set_terminated(new, "FINISHED")
+    client.set_tag(new, TAG_TRIAL_STATE, "completed")  # as the trial recorder tags it
     leftover = _child(client, experiment_id, parent, "trial-b", 0.1, [30])  # never closed
+    # stopped by Tune when Ctrl-C interrupted the sweep: train() closed it FINISHED, no outcome
+    stopped = _child(client, experiment_id, parent, "trial-c", 0.2, [20])
+    client.set_terminated(stopped, "FINISHED")
     tidy_trial_runs(client, experiment_id=experiment_id, parent_run_id=parent, finished=False)
     assert client.get_run(old).data.tags[TAG_TRIAL_STATE] == "superseded"
     assert client.get_run(old).info.status == "KILLED"
     assert client.get_run(leftover).info.status == "RUNNING"  # may still be resumed
+    assert client.get_run(stopped).data.tags[TAG_TRIAL_STATE] == "unfinished"
+    assert client.get_run(stopped).info.status == "KILLED"
     tidy_trial_runs(client, experiment_id=experiment_id, parent_run_id=parent, finished=True)
     assert client.get_run(leftover).data.tags[TAG_TRIAL_STATE] == "abandoned"
     assert client.get_run(leftover).info.status == "KILLED"
-    assert TAG_TRIAL_STATE not in client.get_run(new).data.tags
+    assert client.get_run(new).data.tags[TAG_TRIAL_STATE] == "completed"
+    assert client.get_run(new).info.status == "FINISHED"
     rows = list_sweep(client, client.get_run(parent)).rows
-    assert [row.run_id for row in rows] == [new, leftover]  # one row per trial
+    assert [row.run_id for row in rows] == [new, leftover, stopped]  # one row per trial
 
 
 def test_runs_table_at_100_columns_tells_trials_apart_and_rounds(store) -> None:

@@ -9,7 +9,11 @@ import pytest
 from mlflow import MlflowClient
 
 from s4v_orchestration.inference import load_recognizer
-from s4v_orchestration.inference.pyfunc import log_pyfunc, register_run_model
+from s4v_orchestration.inference.pyfunc import (
+    log_pyfunc,
+    register_run_model,
+    tracking_uri_set_to,
+)
 from s4v_orchestration.train import train
 
 
@@ -17,9 +21,8 @@ from s4v_orchestration.train import train
 def store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in the working directory
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    yield uri
-    mlflow.set_tracking_uri(previous)
+    with tracking_uri_set_to(uri):  # restored (and $MLFLOW_TRACKING_URI with it) afterwards
+        yield uri
 
 
 def test_pyfunc_round_trip_gives_the_recognizers_answer(
@@ -34,7 +37,6 @@ def test_pyfunc_round_trip_gives_the_recognizers_answer(
     outputs = client.get_run(run.info.run_id).outputs.model_outputs
     assert [o.model_id for o in outputs] == [info.model_id]
 
-    mlflow.set_tracking_uri(store)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert model.metadata.get_input_schema().input_names() == ["path"]
     videos = [str(synthetic_root / "rawframes" / name) for name in ("vid_00_0000", "vid_05_0000")]
@@ -68,7 +70,6 @@ def test_a_finished_tracked_run_logs_its_model(tiny_config, store):
     )
     assert run.info.status == "FINISHED"
     assert len(run.outputs.model_outputs) == 1
-    mlflow.set_tracking_uri(store)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert model.metadata.get_output_schema().input_names() == [
         "path",
@@ -93,3 +94,17 @@ def test_sweep_register_logs_a_stopped_trials_model_then_registers_it(
     _register("s4v-sweep-best", run.info.run_id, str(path), store)  # no second model logged
     assert len(client.get_run(run.info.run_id).outputs.model_outputs) == 1
     assert int(client.get_model_version_by_alias("s4v-sweep-best", "best").version) == 2
+
+
+def test_logging_a_model_leaves_the_processes_tracking_uri_as_it_was(monkeypatch, tmp_path) -> None:
+    """mlflow.set_tracking_uri writes $MLFLOW_TRACKING_URI; s4v's default store must not move."""
+    import os
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    with tracking_uri_set_to(f"sqlite:///{tmp_path / 'a.db'}"):
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("a.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert not mlflow.tracking.is_tracking_uri_set()

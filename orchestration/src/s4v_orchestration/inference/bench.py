@@ -35,7 +35,7 @@ from s4v_orchestration.inference.index import (
 )
 from s4v_orchestration.inference.loading import LoadedModel, load_model
 from s4v_orchestration.inference.media import Preprocessing, read_clips
-from s4v_orchestration.inference.pyfunc import log_pyfunc
+from s4v_orchestration.inference.pyfunc import log_pyfunc, tracking_uri_set_to
 from s4v_orchestration.overrides import load_run_config
 from s4v_orchestration.tasks.recognition import recognition_data_files
 from s4v_orchestration.tasks.retrieval import VAL_SPLIT, build_retrieval_model
@@ -213,15 +213,11 @@ def _pyfunc_agrees(checkpoint: Path, folders: list[Path], recognizer: Recognizer
         experiment = client.create_experiment("bench", artifact_location=f"{tmp}/artifacts")
         run = client.create_run(experiment)
         log_pyfunc(checkpoint, run_id=run.info.run_id, tracking_uri=uri)
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        try:
+        with tracking_uri_set_to(uri):
             model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
             answer = model.predict(
                 pd.DataFrame({"path": [str(f) for f in folders]}), params={"k": 5}
             )
-        finally:
-            mlflow.set_tracking_uri(previous)
     for row, folder in zip(answer.itertuples(), folders, strict=True):
         expected = recognizer.predict(folder, k=5)
         if list(row.labels) != [label for label, _ in expected]:

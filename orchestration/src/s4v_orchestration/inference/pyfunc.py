@@ -123,9 +123,13 @@ def _requirements() -> list[str]:
 
 
 @contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to ``uri`` for the body, then restored."""
-    previous = mlflow.get_tracking_uri()
+def tracking_uri_set_to(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for the body, then restored.
+
+    ``mlflow.set_tracking_uri`` also writes ``$MLFLOW_TRACKING_URI``; restoring an unset URI
+    unsets it again, so the process (and s4v's own default store) is left as it was.
+    """
+    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:
         yield
@@ -137,7 +141,10 @@ def log_pyfunc(checkpoint: str | Path, *, run_id: str, tracking_uri: str) -> Mod
     """Log the model of ``checkpoint`` as the MLflow model ``model`` of run ``run_id``."""
     loaded = load_model(checkpoint)
     run = mlflow.MlflowClient(tracking_uri).get_run(run_id)
-    with tempfile.TemporaryDirectory(prefix="s4v-export-") as tmp, _tracking_uri(tracking_uri):
+    with (
+        tempfile.TemporaryDirectory(prefix="s4v-export-") as tmp,
+        tracking_uri_set_to(tracking_uri),
+    ):
         export_dir = write_export(loaded, Path(tmp) / EXPORT_ARTIFACT)
         # Created in the run's experiment (not the process's active one), so that
         # runs:/<run_id>/model finds it.
@@ -189,7 +196,7 @@ def register_run_model(
     model_ids = run_model_ids(run_id, tracking_uri=tracking_uri)
     if not model_ids:
         raise ModelLoadError(f"MLflow run {run_id} has no logged model to register")
-    with _tracking_uri(tracking_uri):
+    with tracking_uri_set_to(tracking_uri):
         model_version = mlflow.register_model(f"models:/{model_ids[-1]}", name)
     if alias:
         client.set_registered_model_alias(name, alias, model_version.version)

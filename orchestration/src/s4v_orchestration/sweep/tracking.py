@@ -244,8 +244,9 @@ def tidy_trial_runs(
     A trial restarted without a checkpoint (after Ctrl-C, a crash or a retried failure) logs to a
     new run: the older runs of that trial are tagged ``superseded`` (and closed). Once the sweep
     has finished, a run still RUNNING belonged to a trial killed with an earlier driver. When the
-    sweep was interrupted, a trial that had not ended is tagged ``unfinished`` and ends KILLED
-    (Tune stops it as the scheduler would, so ``train()`` closed it FINISHED); ``--resume`` goes on.
+    sweep was interrupted, a trial run closed FINISHED without an outcome (Tune stopped it as the
+    scheduler would, so ``train()`` closed it) is tagged ``unfinished`` and ends KILLED; one still
+    RUNNING is left for ``--resume``.
     """
     children = client.search_runs(
         [experiment_id],
@@ -259,7 +260,9 @@ def tidy_trial_runs(
         seen.add(run.info.run_name)
         if stale:
             client.set_tag(run.info.run_id, TAG_TRIAL_STATE, "superseded")
-        elif not finished and TAG_TRIAL_STATE not in run.data.tags:
+        elif (
+            not finished and run.info.status == "FINISHED" and TAG_TRIAL_STATE not in run.data.tags
+        ):
             client.set_tag(run.info.run_id, TAG_TRIAL_STATE, "unfinished")
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             continue
