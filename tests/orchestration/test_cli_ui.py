@@ -96,6 +96,19 @@ def test_ui_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 is in use" in result.stdout
 
 
+def test_ui_refuses_a_store_uri_mlflow_cannot_open(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "s4v_orchestration", "ui", "--tracking-uri", "nosuchscheme://x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "error: nosuchscheme://x is not a tracking store" in " ".join(result.stdout.split())
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_stop_the_ui_like_ctrl_c(signum) -> None:
     import os

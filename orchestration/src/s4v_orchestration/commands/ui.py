@@ -21,6 +21,8 @@ from s4v_orchestration.paths import default_tracking_uri
 console = Console()
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Backend stores `mlflow ui` opens (a database URI may name its driver: postgresql+psycopg2://).
+STORE_SCHEMES = frozenset({"file", "sqlite", "postgresql", "mysql", "mssql"})
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -69,6 +71,15 @@ def ui(
     if uri.startswith(("http://", "https://")):
         console.print(f"{uri} is a tracking server: open it in a browser", highlight=False)
         return
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+    if scheme not in STORE_SCHEMES:
+        console.print(
+            f"[red]error:[/red] {uri} is not a tracking store the MLflow UI can open: use a "
+            f"{', '.join(sorted(STORE_SCHEMES))} URI (e.g. sqlite:///$PWD/mlflow.db) or a local "
+            "folder, or open an http(s):// tracking server in a browser",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     if not _port_free(host, port):
         console.print(f"[red]error:[/red] port {port} on {host} is in use; pass --port")
         raise typer.Exit(2)
