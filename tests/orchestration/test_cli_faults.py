@@ -168,3 +168,13 @@ def test_bad_run_inputs_are_one_line_errors_and_leave_no_mlflow_run(
         client = MlflowClient(store)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert [r.info.status for r in runs] == []
+
+
+def test_an_empty_list_is_a_one_line_error(in_tmp, tiny_overrides) -> None:
+    empty = in_tmp / "empty.txt"
+    empty.write_text("\n\n")
+    sets = [*tiny_overrides("out"), f"data.val_list={empty}"]
+    result = _invoke(["run", "recognition", "--dataset", "synthetic", *_sets(sets)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {empty}: the list is empty" in " ".join(result.output.split())
+    assert "Traceback" not in result.output

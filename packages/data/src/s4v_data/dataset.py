@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from s4v_data.annotations import VideoRecord, check_labels, read_list
+from s4v_data.annotations import AnnotationError, VideoRecord, check_labels, read_list
 from s4v_data.decode import (
     DecodeError,
     IsolatedVideoReader,
@@ -148,11 +148,13 @@ class VideoClipDataset(Dataset):
     ) -> list[VideoRecord]:
         records = read_list(self.list_file) if given is None else list(given)
         if not records:
-            raise ValueError(f"{self.list_file}: the list is empty")
+            raise AnnotationError(f"{self.list_file}: the list is empty (no entry to load)")
         is_rawframe_list = records[0].num_frames is not None
         if is_rawframe_list != (self.source == "rawframes"):
             kind = "rawframe" if is_rawframe_list else "video"
-            raise ValueError(f"{self.list_file}: a {kind} list cannot feed source={self.source!r}")
+            raise AnnotationError(
+                f"{self.list_file}: a {kind} list cannot feed source={self.source!r}"
+            )
         check_labels(records, self.num_classes, self.list_file)
         if is_rawframe_list and self.mode == "train":
             kept = [r for r in records if r.num_frames is not None and r.num_frames >= min_frames]
