@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from s4v_recognition.bench.measure import autocast
 from s4v_recognition.model import build_model
 from s4v_recognition.presets import METHODS, get_preset
 
@@ -170,8 +171,6 @@ def make_plan(*, dry_run: bool, device: str) -> Plan:
 
 # --- measuring one row ------------------------------------------------------------------------
 
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
 
 def _build(spec: RowSpec, device: torch.device) -> nn.Module:
     """The row's model with random weights, built directly on the device (no CPU copy)."""
@@ -218,39 +217,33 @@ def _peak(device: torch.device) -> Iterator[Callable[[], int | None]]:
     yield lambda: torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
-def measure_training(spec: RowSpec, device: torch.device, repeats: int) -> RowResult:
-    """Peak memory and clips/s of AdamW training steps (autocast; a gradient scaler for fp16).
+def _measure(
+    spec: RowSpec,
+    device: torch.device,
+    repeats: int,
+    prepare: Callable[[nn.Module], tuple[Callable[[], None], int | None]],
+) -> RowResult:
+    """Build the row's model, run ``step`` once to warm up and ``repeats`` times timed.
 
-    One warm-up step allocates AdamW's state, so the peak of the timed steps covers weights,
-    gradients, optimizer state, saved activations and transients: what the paper's table counts.
+    ``prepare(model)`` returns the step and the trainable parameter count. The CUDA peak covers
+    every step; running out of memory gives an ``OOM at batch N`` row instead of an error.
     """
     start = time.perf_counter()
     with _peak(device) as peak:
         try:
-            model = _build(spec, device).train()
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-            scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
-            clips = _clips(spec, device)
-            labels = torch.arange(spec.batch_size, device=device) % spec.num_classes
-            dtype = AUTOCAST[spec.precision]
+            step, trainable = prepare(_build(spec, device))
             times = []
-            for step in range(repeats + 1):
+            for index in range(repeats + 1):
                 _sync(device)
                 t0 = time.perf_counter()
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
-                    logits = model(clips)
-                scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                step()
                 _sync(device)
-                if step > 0:
+                if index > 0:
                     times.append(time.perf_counter() - t0)
             result = RowResult(
                 spec=spec,
                 status="ok",
-                trainable_params=sum(p.numel() for p in trainable),
+                trainable_params=trainable,
                 peak_bytes=peak(),
                 clips_per_s=spec.batch_size / statistics.median(times),
             )
@@ -260,40 +253,50 @@ def measure_training(spec: RowSpec, device: torch.device, repeats: int) -> RowRe
             result = RowResult(spec=spec, status=f"OOM at batch {spec.batch_size}")
     result.seconds = time.perf_counter() - start
     return result
+
+
+def measure_training(spec: RowSpec, device: torch.device, repeats: int) -> RowResult:
+    """Peak memory and clips/s of AdamW training steps (autocast; a gradient scaler for fp16).
+
+    The warm-up step allocates AdamW's state, so the peak of the timed steps covers weights,
+    gradients, optimizer state, saved activations and transients: what the paper's table counts.
+    """
+
+    def prepare(model: nn.Module) -> tuple[Callable[[], None], int]:
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
+        clips = _clips(spec, device)
+        labels = torch.arange(spec.batch_size, device=device) % spec.num_classes
+
+        def step() -> None:
+            with autocast(spec.precision, device.type):
+                logits = model(clips)
+            scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step, sum(p.numel() for p in trainable)
+
+    return _measure(spec, device, repeats, prepare)
 
 
 def measure_inference(spec: RowSpec, device: torch.device, repeats: int) -> RowResult:
     """Clips/s of the video encoder and head in inference (what ``s4v predict`` runs per batch)."""
-    start = time.perf_counter()
-    with _peak(device) as peak:
-        try:
-            model = _build(spec, device).eval()
-            clips = _clips(spec, device)
-            dtype = AUTOCAST[spec.precision]
-            times = []
-            for step in range(repeats + 1):
-                _sync(device)
-                t0 = time.perf_counter()
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)),
-                ):
-                    model(clips).softmax(-1)
-                _sync(device)
-                if step > 0:
-                    times.append(time.perf_counter() - t0)
-            result = RowResult(
-                spec=spec,
-                status="ok",
-                peak_bytes=peak(),
-                clips_per_s=spec.batch_size / statistics.median(times),
-            )
-        except (torch.OutOfMemoryError, RuntimeError) as error:
-            if not _is_oom(error):
-                raise
-            result = RowResult(spec=spec, status=f"OOM at batch {spec.batch_size}")
-    result.seconds = time.perf_counter() - start
-    return result
+
+    def prepare(model: nn.Module) -> tuple[Callable[[], None], None]:
+        model.eval()
+        clips = _clips(spec, device)
+
+        def step() -> None:
+            with torch.inference_mode(), autocast(spec.precision, device.type):
+                model(clips).softmax(-1)
+
+        return step, None
+
+    return _measure(spec, device, repeats, prepare)
 
 
 def _card_bytes(device: torch.device) -> int:
