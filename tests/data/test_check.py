@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from s4v_data.check import check_dataset
 
 
@@ -92,3 +94,28 @@ def test_video_problems_are_found(tiny_synthetic, tmp_path) -> None:
         ("missing", lines[1].split()[0]),
     ]
     assert report.ok == 1 and report.frames == 12
+
+
+def test_a_frame_of_another_size_is_found_and_is_what_training_skips(
+    tiny_synthetic, tmp_path
+) -> None:
+    from PIL import Image
+
+    from s4v_data.decode import DecodeError, decode_rawframes
+    from s4v_data.sampling import ClipPlan
+
+    root, listing, paths = _copy_rawframes(tiny_synthetic, tmp_path, 2)
+    folder = root / paths[0]
+    with Image.open(folder / "img_00001.jpg") as image:
+        width, height = image.size
+    Image.new("RGB", (width + 8, height)).save(folder / "img_00006.jpg")
+    report = check_dataset(listing, root, depth="all")
+    assert [(p.kind, p.path) for p in report.problems] == [("frame-size", paths[0])]
+    assert report.problems[0].detail.startswith(
+        f"img_00006.jpg is {width + 8}x{height} but img_00001.jpg is {width}x{height}"
+    )
+    assert report.ok == 1
+    assert check_dataset(listing, root, depth="ends").problems == []  # frame 6 is not opened
+    plan = ClipPlan(family="sth", mode="test", num_frames=12)
+    with pytest.raises(DecodeError, match="frames differ in size"):
+        decode_rawframes(folder, plan, "img_{:05d}.jpg")

@@ -210,11 +210,16 @@ def check(
         typer.Option(help="Frame file names (default: the preset's, or img_{:05d}.jpg)."),
     ] = None,
     depth: Annotated[
-        str, typer.Option(help="Decode 'none', the first and last frame ('ends'), or 'all'.")
+        str,
+        typer.Option(
+            help="Decode 'none', the first and last frame ('ends'), or 'all'; the frames "
+            "opened must all have one size (a rawframe folder)."
+        ),
     ] = "ends",
     timeout: Annotated[float, typer.Option(help="Seconds per video decode.")] = 60.0,
 ) -> None:
-    """Validate a dataset: missing folders, frame counts, unreadable files, labels out of range."""
+    """Validate a dataset: missing folders, frame counts, unreadable files, frames of another size,
+    labels out of range."""
     from s4v_data import DATASETS, AnnotationError, read_labels
     from s4v_data.dataset_file import DatasetFileError, is_dataset_file, read_dataset_file
 
@@ -318,7 +323,7 @@ def _check_list(
     table = Table(title=f"{list_file} ({report.source})", show_header=False)
     table.add_row("entries", str(report.entries))
     table.add_row("ok", str(report.ok))
-    for kind in ("missing", "frame-count", "unreadable", "label"):
+    for kind in ("missing", "frame-count", "unreadable", "frame-size", "label"):
         table.add_row(kind, str(report.count(kind)))
     table.add_row("frames", str(report.frames))
     table.add_row("classes checked", str(num_classes) if num_classes else "no (give --labels)")

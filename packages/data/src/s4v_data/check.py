@@ -15,7 +15,7 @@ from s4v_data.extract import CACHE_FILE
 
 __all__ = ["CheckReport", "Problem", "check_dataset"]
 
-ProblemKind = Literal["missing", "frame-count", "unreadable", "label"]
+ProblemKind = Literal["missing", "frame-count", "unreadable", "frame-size", "label"]
 Depth = Literal["none", "ends", "all"]
 
 
@@ -60,7 +60,8 @@ def _check_rawframes(
     ``record.num_frames`` frames are expected, named ``template.format(1 .. num_frames)``. A
     missing name is a ``missing`` problem even when stray files keep the count right; then the
     first and last listed frames (``ends``) or all of them (``all``) are opened, skipping missing
-    ones.
+    ones. A frame whose size differs from the first opened one is a ``frame-size`` problem:
+    training cannot stack such a clip and skips the video.
     """
     folder = root / record.path
     if not folder.is_dir():
@@ -90,26 +91,41 @@ def _check_rawframes(
         )
     numbers = {"none": [], "ends": sorted({1, listed}), "all": range(1, listed + 1)}[depth]
     skip = set(missing)
+    first: tuple[str, tuple[int, int]] | None = None  # the first opened frame's name and size
     for number in numbers if listed else []:
         if number in skip:
             continue
         name = template.format(number)
-        error = _open_image(folder / name)
+        size, error = _open_image(folder / name)
         if error:
             problems.append(Problem(kind="unreadable", path=record.path, detail=f"{name}: {error}"))
+            break
+        if first is None:
+            first = (name, size)
+        elif size != first[1]:
+            detail = (
+                f"{name} is {_wxh(size)} but {first[0]} is {_wxh(first[1])}; "
+                "training skips a video whose frames differ in size"
+            )
+            problems.append(Problem(kind="frame-size", path=record.path, detail=detail))
             break
     return found, problems
 
 
-def _open_image(path: Path) -> str | None:
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _open_image(path: Path) -> tuple[tuple[int, int], str | None]:
+    """The decoded image's (width, height), and why it could not be decoded (None if it could)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
+            return image.size, None
     except OSError as e:
-        return str(e) or type(e).__name__
-    return None
+        return (0, 0), str(e) or type(e).__name__
 
 
 def _check_video(
