@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from s4v_orchestration.cli import app
 from s4v_orchestration.config import latest_output_dir
 from s4v_orchestration.overrides import load_run_config
+from s4v_orchestration.train import train
 
 runner = CliRunner()
 
@@ -178,3 +180,49 @@ def test_an_empty_list_is_a_one_line_error(in_tmp, tiny_overrides) -> None:
     assert result.exit_code == 2, result.output
     assert f"error: {empty}: the list is empty" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def _damaged(checkpoint: Path, out: Path, damage) -> Path:
+    state = torch.load(checkpoint, weights_only=True)
+    damage(state)
+    torch.save(state, out)
+    return out
+
+
+def _grow_first_rows(tensors: dict) -> str:
+    key = next(k for k, v in tensors.items() if torch.is_tensor(v) and v.dim() == 2)
+    tensors[key] = torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1])
+    return key
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_one_line_error_naming_it(
+    in_tmp, tiny_config, tiny_overrides
+) -> None:
+    fields = {"solver.epochs": 1, "solver.max_steps": 1, "eval.final_test": False}
+    train(tiny_config("first", **fields))
+    last = in_tmp / "first" / "last.pt"
+
+    def damage_model(state: dict) -> None:
+        _grow_first_rows(state["model"])
+
+    def damage_optimizer(state: dict) -> None:
+        first = min(state["optimizer"]["state"])
+        state["optimizer"]["state"][first]["exp_avg"] = torch.zeros(3)
+
+    cases = [
+        (damage_model, "weights do not fit the model: wrong shapes (file vs model)"),
+        (damage_optimizer, "optimizer state 'exp_avg' of "),
+    ]
+    for number, (damage, message) in enumerate(cases):
+        bad = _damaged(last, in_tmp / f"bad{number}.pt", damage)
+        sets = _sets(tiny_overrides(f"again{number}", **fields))
+        result = _invoke(
+            ["run", "recognition", "--dataset", "synthetic", *sets, "--resume-from", str(bad)]
+        )
+        assert result.exit_code == 2, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith(f"error: {bad}: ") or line.startswith(
+            f"error: cannot resume from {bad}: "
+        ), line
+        assert message in line, line
+

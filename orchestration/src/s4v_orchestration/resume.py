@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from s4v_core.checkpoint import CheckpointError
 
@@ -88,6 +89,53 @@ def check_resumable(
             f"cannot resume from {path}: it was written by a different configuration:\n{listed}\n"
             "Resume with the same settings, or start a new run in another --output-dir."
         )
+
+
+def restore_training_state(
+    checkpoint: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """Load a checkpoint's optimizer, scheduler and gradient-scaler states into this run's.
+
+    torch checks only that the optimizer's parameter groups have the same sizes; a moment tensor of
+    another shape would fail at the first step, far from its cause. Here every per-parameter state
+    tensor must have its parameter's shape.
+
+    Raises:
+        CheckpointError: naming ``path`` and the parameter (by its name in ``model``) or the part
+            that does not fit.
+    """
+    names = {id(param): name for name, param in model.named_parameters()}
+    saved = checkpoint["optimizer"]
+    groups, saved_groups = optimizer.param_groups, saved.get("param_groups", [])
+    sizes = [len(group["params"]) for group in groups]
+    saved_sizes = [len(group["params"]) for group in saved_groups]
+    if sizes != saved_sizes:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer has parameter groups of sizes "
+            f"{saved_sizes}, this run's {sizes}"
+        )
+    params = [param for group in groups for param in group["params"]]
+    saved_ids = [index for group in saved_groups for index in group["params"]]
+    for param, index in zip(params, saved_ids, strict=True):
+        for key, value in saved.get("state", {}).get(index, {}).items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                raise CheckpointError(
+                    f"cannot resume from {path}: optimizer state {key!r} of "
+                    f"{names.get(id(param), f'parameter {index}')} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                )
+    for part, target in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        try:
+            target.load_state_dict(checkpoint[part])
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise CheckpointError(
+                f"cannot resume from {path}: its {part} state does not load: {err}"
+            ) from None
 
 
 def rng_state() -> dict[str, Any]:

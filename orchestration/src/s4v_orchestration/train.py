@@ -31,7 +31,12 @@ from s4v_orchestration.config import ConfigError, RunConfig, run_params, to_yaml
 from s4v_orchestration.inference.loading import ModelLoadError
 from s4v_orchestration.inference.pyfunc import log_pyfunc
 from s4v_orchestration.progress import RunProgress
-from s4v_orchestration.resume import check_resumable, restore_rng_state, rng_state
+from s4v_orchestration.resume import (
+    check_resumable,
+    restore_rng_state,
+    restore_training_state,
+    rng_state,
+)
 from s4v_orchestration.runtime import (
     DistEnv,
     autocast,
@@ -568,10 +573,8 @@ def _resume(
     path = Path(config.resume)
     checkpoint = load_checkpoint(path)
     check_resumable(checkpoint, path, config.model_dump(mode="json"), parts.backbone_identity)
-    model.load_trainable_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
+    model.load_trainable_state_dict(checkpoint["model"], source=str(path))
+    restore_training_state(checkpoint, path, model, optimizer, scheduler, scaler)
     if checkpoint["world_size"] == env.world_size:
         restore_rng_state(checkpoint["rng"][env.rank])
     else:
