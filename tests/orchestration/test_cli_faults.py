@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -226,3 +227,29 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error_naming_it(
         ), line
         assert message in line, line
 
+
+def test_a_full_disk_is_a_one_line_error_and_keeps_nothing_half_written(
+    in_tmp, tiny_overrides
+) -> None:
+    """`ulimit -f`: the tiny run's checkpoint (about 12 MB) is over the limit, its config is not."""
+    store = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    sets = _sets(tiny_overrides("out", **{"solver.epochs": 1, "tracking.enabled": True}))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4_000_000, hard))
+    try:
+        result = _invoke(
+            ["run", "recognition", "--dataset", "synthetic", "--tracking-uri", store, *sets]
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert result.exit_code == 2, result.output
+    out = in_tmp / "out"
+    assert (
+        f"error: cannot write {out / 'last.pt'}: File too large (the disk is full, or a "
+        "file-size limit or quota is reached)" in " ".join(result.output.split())
+    )
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # no half-written file
+    client = MlflowClient(store)
+    [record] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert record.info.status == "FAILED"

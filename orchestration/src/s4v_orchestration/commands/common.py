@@ -3,6 +3,7 @@ the summary table with its metric rows."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -48,9 +49,17 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# errno values of a write that found no room: a full disk, a file-size limit (`ulimit -f`), a quota.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn expected errors into a red message and exit code 2 (1 for a diverged run)."""
+def user_errors(after_no_room: str = "") -> Iterator[None]:
+    """Turn expected errors into a red message and exit code 2 (1 for a diverged run).
+
+    A write that found no room (full disk, file-size limit, quota) is one of them: the message
+    names the file and ends with ``after_no_room`` (what to do next, e.g. how to resume).
+    """
     # Imported here so that `s4v --help` does not load torch, open_clip and MLflow.
     from s4v_core.weights import WeightsFileError
     from s4v_data.annotations import AnnotationError
@@ -76,6 +85,17 @@ def user_errors() -> Iterator[None]:
             f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1 if isinstance(err, NonFiniteLossError) else 2) from None
+    except OSError as err:
+        if err.errno not in _NO_ROOM:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        err_console.print(
+            f"[bold red]error:[/bold red] cannot write{escape(where)}: {escape(err.strerror or '')} "
+            f"(the disk is full, or a file-size limit or quota is reached){escape(after_no_room)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
 
 
 @contextmanager

@@ -307,7 +307,8 @@ def _train(task: str, options: RunOptions, shortcuts: list[Shortcut]) -> TrainRe
     from s4v_orchestration.overrides import load_run_config
     from s4v_orchestration.train import run_training
 
-    with user_errors(), sigterm_as_interrupt():
+    resume_hint = "; free some space and run again (with --resume to continue from last.pt)"
+    with user_errors(after_no_room=resume_hint), sigterm_as_interrupt():
         run_config = _with_output_dir(
             load_run_config(
                 task,

@@ -26,7 +26,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -47,20 +47,51 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     a rename, so that a process killed while saving leaves the previous file intact.
 
     ``format`` and ``version`` are added; ``state`` holds the other fields (see the module doc).
+
+    Raises:
+        OSError: the file could not be written (a full disk, a file-size limit), with ``path`` as
+            its file name; the previous file at ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            handle = _WriteErrors(raw)
+            try:
+                torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
+                raw.flush()
+                os.fsync(raw.fileno())
+            except (OSError, RuntimeError) as err:
+                # torch's zip writer turns a failed write (a full disk, `ulimit -f`) into a
+                # RuntimeError about positions; the OSError it swallowed says what happened.
+                cause = handle.error or err
+                if isinstance(cause, OSError):
+                    raise OSError(cause.errno, cause.strerror, str(path)) from None
+                raise
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+class _WriteErrors:
+    """A binary file that remembers the first ``OSError`` its ``write`` raised."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
