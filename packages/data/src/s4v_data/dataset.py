@@ -16,9 +16,11 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from traceback import walk_tb
 from typing import Literal
 
 import torch
@@ -396,6 +398,27 @@ def ignore_stop_signals(worker_id: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_the_receiver_left(sys.excepthook)
+
+
+def _quiet_when_the_receiver_left(excepthook):
+    """``excepthook`` that says nothing of a batch transfer the main process abandoned.
+
+    A worker hands each batch's tensors over as file descriptors, served by multiprocessing's
+    ``resource_sharer`` thread, which reports any error through ``sys.excepthook``. When the main
+    process stops (Ctrl-C, SIGTERM) while it receives one, that thread's connection breaks and the
+    worker printed a traceback after the run's clean stop; the main process reports the stop.
+    """
+
+    sharer = os.path.join("multiprocessing", "resource_sharer.py")
+
+    def hook(kind, value, tb):
+        served = any(frame.f_code.co_filename.endswith(sharer) for frame, _ in walk_tb(tb))
+        if served and issubclass(kind, (EOFError, ConnectionError)):
+            return
+        excepthook(kind, value, tb)
+
+    return hook
 
 
 def available_workers(processes_on_node: int = 1, *, cap: int = 16) -> int:
