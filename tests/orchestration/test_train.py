@@ -115,6 +115,22 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert load_checkpoint(config.with_defaults().output_dir / "last.pt")["epoch"] == 1
 
 
+def test_a_loss_that_diverges_in_the_first_epoch_names_no_checkpoint(
+    tiny_config, monkeypatch
+) -> None:
+    config = tiny_config("nan-first")
+    real_loss = RecognitionTask.loss
+
+    def diverged(self, model, batch, run):
+        loss, clips = real_loss(self, model, batch, run)
+        return loss * float("nan"), clips
+
+    monkeypatch.setattr(RecognitionTask, "loss", diverged)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1\. No epoch finished, so there "):
+        train(config)
+    assert not (config.with_defaults().output_dir / "last.pt").exists()
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tiny_config) -> None:
     config = tiny_config("other", **{"solver.epochs": 1})
     train(config)

@@ -509,11 +509,15 @@ def _forward_backward(
             loss, clips = run.task.loss(run.ddp_model, batch, run.context)
         global_loss = run.env.mean(loss.detach().float()).item()
         if not math.isfinite(global_loss):
+            kept = (
+                f"The last good checkpoint is {run.last_path} (after epoch {state.epoch})."
+                if state.epoch > 0
+                else "No epoch finished, so there is no checkpoint."
+            )
             raise NonFiniteLossError(
                 f"the training loss became {global_loss} at epoch {epoch + 1}, step "
-                f"{state.step + 1}. The last good checkpoint is "
-                f"{run.last_path} (after epoch {state.epoch}). Try a "
-                "lower solver.lr, solver.clip_grad_norm=1.0 or solver.precision=fp32."
+                f"{state.step + 1}. {kept} Try a lower solver.lr, solver.clip_grad_norm=1.0 "
+                "or solver.precision=fp32."
             )
         run.scaler.scale(loss / run.config.solver.grad_accumulation).backward()
     return global_loss, clips
