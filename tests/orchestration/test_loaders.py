@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from s4v_data.dataset import available_workers
+from s4v_data.workers import available_workers
 from s4v_orchestration.runtime import DistEnv
 from s4v_orchestration.tasks import RunContext, get_task
 

@@ -31,8 +31,8 @@ from pydantic import (
 
 import s4v_recognition
 import s4v_retrieval
-from s4v_data.dataset import available_workers
 from s4v_data.specs import TASK_DATASETS
+from s4v_data.workers import available_workers
 from s4v_orchestration.paths import default_cache_dir, default_data_root, default_tracking_uri
 
 Task = Literal["recognition", "retrieval"]

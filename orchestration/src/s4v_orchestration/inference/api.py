@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from s4v_data import DecodeError
+from s4v_data import DecodeError, SignalSafeLoader
 from s4v_orchestration.inference.loading import LoadedModel, ModelLoadError, load_model
 from s4v_orchestration.inference.media import (
     ClipFiles,
@@ -151,7 +150,9 @@ class _Model:
             files, self.preprocessing, window=window, stride=stride, fps=fps,
             decode_timeout=decode_timeout,
         )  # fmt: skip
-        yield from DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=first_item)
+        yield from SignalSafeLoader(
+            dataset, batch_size=1, num_workers=num_workers, collate_fn=first_item
+        )
 
 
 def _read_or_error(

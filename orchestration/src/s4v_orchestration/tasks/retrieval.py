@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from s4v_data.dataset import SignalSafeLoader
 from s4v_data.dataset_file import read_dataset_file
 from s4v_data.files import DataNotFoundError
 from s4v_data.retrieval import CaptionedVideos, Split
@@ -171,7 +172,7 @@ class RetrievalTask(Task):
     def train_loader(self, run: RunContext, *, epoch: int) -> DataLoader:
         # drop_last: every rank contributes a full batch to the gathered contrastive loss.
         items, sampler = train_sampling(run.parts.train_data, run, epoch=epoch)
-        return DataLoader(
+        return SignalSafeLoader(
             items,
             batch_size=run.config.data.batch_size,
             sampler=sampler,
@@ -183,7 +184,7 @@ class RetrievalTask(Task):
     def eval_loader(self, dataset: RetrievalVideos, run: RunContext) -> DataLoader:
         """This rank's share of ``dataset``'s videos in order, in evaluation batches."""
         config = run.config
-        return DataLoader(
+        return SignalSafeLoader(
             dataset,
             batch_size=eval_batch_size(config),
             sampler=eval_sampler(dataset, run),

@@ -29,7 +29,13 @@ if TYPE_CHECKING:
         write_rawframe_list,
         write_video_list,
     )
-    from s4v_data.dataset import SkipBadSamples, VideoClipDataset, collate_clips, make_loader
+    from s4v_data.dataset import (
+        SignalSafeLoader,
+        SkipBadSamples,
+        VideoClipDataset,
+        collate_clips,
+        make_loader,
+    )
     from s4v_data.decode import (
         DecodeError,
         IsolatedVideoReader,
@@ -85,6 +91,7 @@ __all__ = [
     "RetrievalVideos",
     "SeededItems",
     "ShardSampler",
+    "SignalSafeLoader",
     "SkipBadSamples",
     "VideoClipDataset",
     "VideoRecord",
@@ -127,6 +134,7 @@ _WHERE = {
     "write_labels": "annotations",
     "write_rawframe_list": "annotations",
     "write_video_list": "annotations",
+    "SignalSafeLoader": "dataset",
     "SkipBadSamples": "dataset",
     "VideoClipDataset": "dataset",
     "collate_clips": "dataset",

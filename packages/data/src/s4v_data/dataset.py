@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
-import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from traceback import walk_tb
 from typing import Literal
 
 import torch
@@ -37,13 +33,18 @@ from s4v_data.decode import (
 from s4v_data.sampling import ClipPlan, Mode
 from s4v_data.specs import DatasetSpec, FlipMode
 from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
+from s4v_data.workers import (
+    ignore_stop_signals,
+    kill_leftover_workers_at_exit,
+    stop_signals_blocked,
+)
 
 __all__ = [
     "EvalBatch",
     "EvalItems",
+    "SignalSafeLoader",
     "SkipBadSamples",
     "VideoClipDataset",
-    "available_workers",
     "collate_clips",
     "collate_eval",
     "make_loader",
@@ -373,9 +374,8 @@ def make_loader(
     elif skip_bad_samples and not isinstance(dataset, SkipBadSamples):
         dataset = SkipBadSamples(dataset)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
+    return SignalSafeLoader(
         dataset,
-        worker_init_fn=ignore_stop_signals,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
@@ -389,47 +389,17 @@ def make_loader(
     )
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """In a loader worker: leave SIGINT and SIGTERM to the main process.
-
-    A terminal's Ctrl-C and the SIGTERM of ``timeout``, SLURM or Kubernetes reach the whole
-    process group. The main process stops cleanly and shuts its workers down; a worker killed by
-    the signal instead made the main process fail with ``DataLoader worker ... killed by signal``.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.excepthook = _quiet_when_the_receiver_left(sys.excepthook)
-
-
-def _quiet_when_the_receiver_left(excepthook):
-    """``excepthook`` that says nothing of a batch transfer the main process abandoned.
-
-    A worker hands each batch's tensors over as file descriptors, served by multiprocessing's
-    ``resource_sharer`` thread, which reports any error through ``sys.excepthook``. When the main
-    process stops (Ctrl-C, SIGTERM) while it receives one, that thread's connection breaks and the
-    worker printed a traceback after the run's clean stop; the main process reports the stop.
+class SignalSafeLoader(DataLoader):
+    """A DataLoader whose workers leave Ctrl-C and SIGTERM to the main process from their start,
+    and never outlive it (see :mod:`s4v_data.workers`). Takes DataLoader's arguments but
+    ``worker_init_fn``.
     """
 
-    sharer = os.path.join("multiprocessing", "resource_sharer.py")
+    def __init__(self, dataset: Dataset, **options) -> None:
+        super().__init__(dataset, worker_init_fn=ignore_stop_signals, **options)
+        if self.num_workers > 0:
+            kill_leftover_workers_at_exit()
 
-    def hook(kind, value, tb):
-        served = any(frame.f_code.co_filename.endswith(sharer) for frame, _ in walk_tb(tb))
-        if served and issubclass(kind, (EOFError, ConnectionError)):
-            return
-        excepthook(kind, value, tb)
-
-    return hook
-
-
-def available_workers(processes_on_node: int = 1, *, cap: int = 16) -> int:
-    """Loader workers per process that use this machine's cores and leave one for the process.
-
-    The cores this process may run on (its CPU affinity, which SLURM and containers narrow) are
-    shared by the training processes of the node (``torchrun``'s ``LOCAL_WORLD_SIZE``); each
-    process keeps one core for itself. At least 1, at most ``cap``.
-    """
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
-    return max(1, min(cap, cores // max(1, processes_on_node) - 1))
+    def __iter__(self):
+        with stop_signals_blocked():  # the workers are forked here
+            return super().__iter__()
