@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import random
 
 import pytest
@@ -16,6 +18,7 @@ from s4v_core.checkpoint import (
     is_self_contained,
     load_checkpoint,
     save_checkpoint,
+    write_torch,
 )
 from s4v_core.weights import WeightsFileError
 
@@ -43,6 +46,31 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path) -> None:
         save_checkpoint(path, {**BASE, "epoch": 2, "bad": Unpicklable()})
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+class _FailingFile(io.BytesIO):
+    """A file whose third write raises ``error``, as a full disk or a signal handler would."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error, self.writes = error, 0
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            raise self.error
+        return super().write(data)
+
+
+@pytest.mark.parametrize(
+    "error", [OSError(errno.EFBIG, "File too large"), KeyboardInterrupt()], ids=repr
+)
+def test_what_stopped_a_write_is_raised_as_itself(error) -> None:
+    """torch's zip writer reported both as a RuntimeError about positions: a Ctrl-C or SIGTERM
+    while saving then failed the run instead of stopping it."""
+    with pytest.raises(type(error)) as raised:
+        write_torch(_FailingFile(error), {"w": torch.zeros(1000)})
+    assert raised.value is error
 
 
 def test_checkpoint_with_arbitrary_objects_is_refused_without_unpickling(tmp_path) -> None:

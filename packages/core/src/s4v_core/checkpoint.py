@@ -56,19 +56,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as raw:
-            handle = _WriteErrors(raw)
+        with os.fdopen(fd, "wb") as handle:
             try:
-                torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
-                raw.flush()
-                os.fsync(raw.fileno())
-            except (OSError, RuntimeError) as err:
-                # torch's zip writer turns a failed write (a full disk, `ulimit -f`) into a
-                # RuntimeError about positions; the OSError it swallowed says what happened.
-                cause = handle.error or err
-                if isinstance(cause, OSError):
-                    raise OSError(cause.errno, cause.strerror, str(path)) from None
-                raise
+                write_torch(handle, {"format": FORMAT, "version": VERSION, **state})
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as err:
+                raise OSError(err.errno, err.strerror, str(path)) from None
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -76,17 +70,34 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def write_torch(handle: BinaryIO, obj: Any) -> None:
+    """``torch.save(obj, handle)``, raising what stopped a write as itself.
+
+    torch's zip writer turns an exception raised by ``handle.write`` into a ``RuntimeError``
+    about file positions. That hid a full disk or a file-size limit (``OSError``), and a Ctrl-C or
+    SIGTERM that landed while a checkpoint was written (``KeyboardInterrupt``), which then failed
+    the run with a traceback instead of stopping it cleanly.
+    """
+    recorder = _WriteErrors(handle)
+    try:
+        torch.save(obj, recorder)
+    except RuntimeError:
+        if recorder.error is not None:
+            raise recorder.error.with_traceback(None) from None
+        raise
+
+
 class _WriteErrors:
-    """A binary file that remembers the first ``OSError`` its ``write`` raised."""
+    """A binary file that remembers the first exception its ``write`` raised."""
 
     def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
         try:
             return self._handle.write(data)
-        except OSError as err:
+        except BaseException as err:
             self.error = self.error or err
             raise
 
