@@ -48,7 +48,7 @@ def test_a_worker_says_nothing_of_a_transfer_the_stopping_main_process_abandoned
 _LOADER_UNDER_STOP_SIGNALS = """
 import multiprocessing, os, signal, time
 import torch
-from s4v_data.dataset import make_loader
+from s4v_data.loader import SignalSafeLoader
 
 def interrupt(signum, frame):
     raise KeyboardInterrupt
@@ -64,9 +64,7 @@ class Slow(torch.utils.data.Dataset):
         return torch.zeros(1, 3, 2, 2, dtype=torch.uint8), 0
 
 def loader():
-    return make_loader(
-        Slow(), batch_size=4, shuffle=False, num_workers=2, seed=0, skip_bad_samples=False
-    )
+    return SignalSafeLoader(Slow(), batch_size=4, num_workers=2)
 
 # A SIGTERM to the group that reaches a worker before its worker_init_fn has run.
 os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGTERM))

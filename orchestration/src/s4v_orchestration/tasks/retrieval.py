@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from s4v_data.dataset import SignalSafeLoader
 from s4v_data.dataset_file import read_dataset_file
 from s4v_data.files import DataNotFoundError
+from s4v_data.loader import SignalSafeLoader
 from s4v_data.retrieval import CaptionedVideos, Split
 from s4v_data.retrieval_dataset import RetrievalVideos, VideoTextPairs
 from s4v_data.specs import RETRIEVAL_LAYOUTS, RetrievalLayout

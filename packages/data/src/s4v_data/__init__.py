@@ -29,13 +29,7 @@ if TYPE_CHECKING:
         write_rawframe_list,
         write_video_list,
     )
-    from s4v_data.dataset import (
-        SignalSafeLoader,
-        SkipBadSamples,
-        VideoClipDataset,
-        collate_clips,
-        make_loader,
-    )
+    from s4v_data.dataset import SkipBadSamples, VideoClipDataset, collate_clips, make_loader
     from s4v_data.decode import (
         DecodeError,
         IsolatedVideoReader,
@@ -52,6 +46,7 @@ if TYPE_CHECKING:
         data_files,
         read_official,
     )
+    from s4v_data.loader import SignalSafeLoader
     from s4v_data.order import SeededItems, ShardSampler, evaluation_shard, training_order
     from s4v_data.retrieval import (
         CaptionedVideos,
@@ -134,7 +129,7 @@ _WHERE = {
     "write_labels": "annotations",
     "write_rawframe_list": "annotations",
     "write_video_list": "annotations",
-    "SignalSafeLoader": "dataset",
+    "SignalSafeLoader": "loader",
     "SkipBadSamples": "dataset",
     "VideoClipDataset": "dataset",
     "collate_clips": "dataset",

@@ -30,19 +30,14 @@ from s4v_data.decode import (
     decode_video,
     default_backend,
 )
+from s4v_data.loader import SignalSafeLoader
 from s4v_data.sampling import ClipPlan, Mode
 from s4v_data.specs import DatasetSpec, FlipMode
 from s4v_data.transforms import CLIP_MEAN, CLIP_STD, ClipTransform
-from s4v_data.workers import (
-    ignore_stop_signals,
-    kill_leftover_workers_at_exit,
-    stop_signals_blocked,
-)
 
 __all__ = [
     "EvalBatch",
     "EvalItems",
-    "SignalSafeLoader",
     "SkipBadSamples",
     "VideoClipDataset",
     "collate_clips",
@@ -387,19 +382,3 @@ def make_loader(
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
-
-
-class SignalSafeLoader(DataLoader):
-    """A DataLoader whose workers leave Ctrl-C and SIGTERM to the main process from their start,
-    and never outlive it (see :mod:`s4v_data.workers`). Takes DataLoader's arguments but
-    ``worker_init_fn``.
-    """
-
-    def __init__(self, dataset: Dataset, **options) -> None:
-        super().__init__(dataset, worker_init_fn=ignore_stop_signals, **options)
-        if self.num_workers > 0:
-            kill_leftover_workers_at_exit()
-
-    def __iter__(self):
-        with stop_signals_blocked():  # the workers are forked here
-            return super().__iter__()
