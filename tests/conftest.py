@@ -13,9 +13,9 @@ import torch
 # tensors as small as the tests' gain nothing from more threads.
 torch.set_num_threads(1)
 
-# Tests that start other processes (a Ray cluster, torchrun or DDP ranks, a server) each want the
-# whole machine and ports of their own: under xdist they all go to one worker, one at a time
-# (`--dist loadgroup`).
+# Tests that start several busy processes (a Ray cluster and its trials, torchrun or DDP ranks) each
+# want the whole machine: under xdist they all go to one worker, one at a time (`--dist loadgroup`).
+# A single server process (the MLflow UI, on a free port) runs beside the other tests.
 PROCESS_MARKS = ("ray", "processes")
 
 

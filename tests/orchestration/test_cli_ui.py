@@ -25,7 +25,6 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.slow  # MLflow's server takes 10-30 s to start on 2 cores
-@pytest.mark.processes
 def test_ui_serves_the_store_on_loopback_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = _free_port()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
