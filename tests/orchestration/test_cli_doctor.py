@@ -35,13 +35,15 @@ def test_doctor_reports_versions_device_and_defaults(tmp_path, monkeypatch) -> N
     assert ("not available" in out) != torch.cuda.is_available()
 
 
-def test_console_script_runs() -> None:
-    # The installed entry point, not only the python object.
+def test_console_script_runs_and_its_help_does_not_import_torch() -> None:
+    # The installed entry point, not only the python object; `s4v --help` answers at once.
     proc = subprocess.run(
-        [sys.executable, "-m", "s4v_orchestration", "--help"],
+        [sys.executable, "-X", "importtime", "-m", "s4v_orchestration", "--help"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "doctor" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "typer" in imported and "torch" not in imported

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from s4v_data import default_backend
 from s4v_orchestration import __version__
 from s4v_orchestration.commands import bench_predict as bench_predict_command
 from s4v_orchestration.commands import bench_sweep as bench_sweep_command
@@ -89,6 +88,8 @@ def _pkg_version(dist: str) -> str:
 def doctor() -> None:
     """Print versions, the compute device and the default folders and tracking store."""
     import torch
+
+    from s4v_data import default_backend
 
     rows: list[tuple[str, str]] = []
     rows.append(("python", f"{platform.python_version()} ({platform.python_implementation()})"))
