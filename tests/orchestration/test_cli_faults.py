@@ -87,6 +87,7 @@ def test_default_output_folders_are_timestamped_and_resume_takes_the_latest(in_t
     assert latest_output_dir(load_run_config("recognition", "ssv1")) is None
 
 
+@pytest.mark.processes  # the run and its two loader workers
 def test_sigterm_to_the_process_group_stops_cleanly(in_tmp, tiny_overrides) -> None:
     """What `timeout`, SLURM and Kubernetes do: SIGTERM to the run and its loader workers."""
     store = f"sqlite:///{in_tmp / 'mlflow.db'}"
