@@ -212,12 +212,15 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error_naming_it(
         first = min(state["optimizer"]["state"])
         state["optimizer"]["state"][first]["exp_avg"] = torch.zeros(3)
 
+    notes = in_tmp / "notes.txt"
+    notes.write_text("not a checkpoint\n")
     cases = [
         (damage_model, "weights do not fit the model: wrong shapes (file vs model)"),
         (damage_optimizer, "optimizer state 'exp_avg' of "),
+        (None, "not a torch checkpoint"),
     ]
     for number, (damage, message) in enumerate(cases):
-        bad = _damaged(last, in_tmp / f"bad{number}.pt", damage)
+        bad = notes if damage is None else _damaged(last, in_tmp / f"bad{number}.pt", damage)
         sets = _sets(tiny_overrides(f"again{number}", **fields))
         result = _invoke(
             ["run", "recognition", "--dataset", "synthetic", *sets, "--resume-from", str(bad)]
