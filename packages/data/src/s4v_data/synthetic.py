@@ -265,7 +265,7 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "17", "preset": "veryfast"}
-        stream.codec_context.thread_count = 1  # deterministic bytes and no oversubscription
+        stream.codec_context.thread_count = 1  # no oversubscription
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
@@ -349,7 +349,9 @@ def generate(
 
     Args:
         out_dir: dataset root.
-        seed: the same seed and parameters give the same frames and bytes.
+        seed: the same seed and parameters give the same frames: byte-identical JPEG frames,
+            lists and labels. The MP4 files are encoded from those frames, but x264's output
+            (bytes and lossy decisions) can differ from one encoding to the next here.
         videos_per_class: videos per class (train + val).
         num_frames: frames per video.
         size: frame height and width in pixels (even, >= 16, for H.264 4:2:0).
